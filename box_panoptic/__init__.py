@@ -1,0 +1,1 @@
+"""box_panoptic (placeholder during install)."""

@@ -1,0 +1,126 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Runtime compatibility shims for detectron2 0.6 under current libraries.
+
+The only place where box_panoptic adapts its dependencies (INSTALL_NOTES.md). Every shim checks its
+own condition and does nothing when the real thing is present, so an official detectron2 build
+(with its compiled ``detectron2._C``) on a machine with current libraries is left untouched.
+Installed packages are never edited: the shims only add missing names at run time.
+
+Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls first):
+
+* ``detectron2._C``: the pure-Python build from PyPI's ``pb1-detectron2`` sdist has no compiled
+  extension, and a few detectron2 modules import it at top level (deformable conv, rotated boxes,
+  ROIAlignRotated, the fast COCOeval). A stand-in module makes those imports succeed; calling any
+  of its functions raises :class:`MissingCompiledOpError` naming the operator. box_panoptic uses
+  none of them.
+* ``PIL.Image.LINEAR``: removed in Pillow 10, used as a default argument by
+  ``detectron2.data.transforms``. Aliased to ``Image.BILINEAR`` (the same filter).
+* ``numpy.int`` / ``numpy.float`` / ``numpy.bool``: removed in numpy 1.24, used by detectron2 0.6's
+  ``SemSegEvaluator`` and mask utilities. Aliased to the builtins, which is what they always were.
+"""
+import importlib
+import importlib.util
+import sys
+import types
+from typing import Dict
+
+__all__ = [
+    "MissingCompiledOpError",
+    "apply_all",
+    "install_detectron2_C_stub",
+    "install_numpy_aliases",
+    "install_pillow_linear",
+    "APPLIED",
+]
+
+# Which shims were actually installed in this process (name -> True), for diagnostics and tests.
+APPLIED: Dict[str, bool] = {}
+
+
+class MissingCompiledOpError(RuntimeError):
+    """Raised when code calls an operator of detectron2's compiled extension that is absent."""
+
+
+class _CompiledOpsStub(types.ModuleType):
+    """Stand-in for ``detectron2._C``: importable, every attribute is a function that raises."""
+
+    __file__ = "<box_panoptic.compat stand-in for detectron2._C>"
+    BOX_PANOPTIC_STUB = True
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def _missing(*args, **kwargs):
+            raise MissingCompiledOpError(
+                f"detectron2._C.{name} is not available: this detectron2 was built without its "
+                "C++/CUDA extension (pure-Python install). Install an official detectron2 build "
+                "to use deformable convolutions, rotated boxes or the fast COCO evaluator."
+            )
+
+        _missing.__name__ = name
+        return _missing
+
+
+def _module_importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except ImportError:
+        return False
+
+
+def install_detectron2_C_stub() -> bool:
+    """Register the ``detectron2._C`` stand-in if detectron2 is present but its extension is not.
+
+    Returns:
+        True when the stand-in was installed by this call.
+    """
+    if "detectron2._C" in sys.modules:
+        return False
+    if importlib.util.find_spec("detectron2") is None:
+        return False  # no detectron2 at all: nothing to adapt
+    if _module_importable("detectron2._C"):
+        return False  # the real compiled extension is there
+    stub = _CompiledOpsStub("detectron2._C")
+    sys.modules["detectron2._C"] = stub
+    import detectron2
+
+    detectron2._C = stub
+    return True
+
+
+def install_pillow_linear() -> bool:
+    """Alias ``PIL.Image.LINEAR`` to ``Image.BILINEAR`` where Pillow removed it (Pillow >= 10)."""
+    from PIL import Image
+
+    if hasattr(Image, "LINEAR"):
+        return False
+    Image.LINEAR = Image.BILINEAR
+    return True
+
+
+def install_numpy_aliases() -> bool:
+    """Restore ``np.int``, ``np.float`` and ``np.bool`` where numpy removed them (>= 1.24)."""
+    import numpy as np
+
+    installed = False
+    for name, builtin in (("int", int), ("float", float), ("bool", bool)):
+        try:
+            getattr(np, name)
+        except AttributeError:
+            setattr(np, name, builtin)
+            installed = True
+    return installed
+
+
+def apply_all() -> Dict[str, bool]:
+    """Apply every shim whose condition holds. Idempotent. Returns which ones were installed."""
+    for name, shim in (
+        ("detectron2._C", install_detectron2_C_stub),
+        ("PIL.Image.LINEAR", install_pillow_linear),
+        ("numpy aliases", install_numpy_aliases),
+    ):
+        if shim():
+            APPLIED[name] = True
+    return dict(APPLIED)

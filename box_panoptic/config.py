@@ -1,0 +1,111 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Config keys of box_panoptic, added to a detectron2 config by :func:`add_box_panoptic_config`.
+
+Section numbers refer to ``shared/spec/METHOD.md``. Never changes detectron2's global defaults:
+only the ``cfg`` passed in is extended.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_box_panoptic_config"]
+
+
+def add_box_panoptic_config(cfg: CN) -> CN:
+    """Add ``cfg.MODEL.BOX_PANOPTIC`` (and the input/solver keys box_panoptic reads) to ``cfg``.
+
+    Args:
+        cfg: a detectron2 config, typically from ``detectron2.config.get_cfg()``.
+
+    Returns:
+        The same ``cfg``, extended in place (returned for chaining).
+    """
+    _C = cfg
+    _C.MODEL.BOX_PANOPTIC = CN()
+    bp = _C.MODEL.BOX_PANOPTIC
+
+    # ---- classes (METHOD §5, §6) ---------------------------------------------------------------
+    # Semantic classes (stuff + things) predicted by the semantic head. 19 Cityscapes, 133 COCO.
+    bp.NUM_CLASSES = 19
+    # Thing classes predicted by the box classifier. 8 Cityscapes, 80 COCO.
+    bp.NUM_THING_CLASSES = 8
+    # [first, last] semantic index of the thing classes (a contiguous block); detection label k
+    # (0-based) is semantic class first + k. Released code: instance_id_range (11, 18).
+    bp.INSTANCE_ID_RANGE = [11, 18]
+
+    # ---- dense head (METHOD §2.2) --------------------------------------------------------------
+    # FPN levels fed to the head, finest first, and their strides.
+    bp.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    bp.FPN_STRIDES = [8, 16, 32, 64, 128]
+    # Number of conv3x3 + norm + ReLU blocks in each tower.
+    bp.NUM_CONVS = 4
+    # Width of the classification tower (box classes + semantic fusion input).
+    bp.CLS_TOWER_CHANNELS = 128
+    # Width of the localization tower (box regression, centerness, levelness fusion input).
+    bp.BBOX_TOWER_CHANNELS = 256
+    # Norm in the towers: "GN" (released), "BN", "SyncBN" or "" (none).
+    bp.NORM = "GN"
+    # GroupNorm groups in the classification / localization towers (released: ch / 8 and 32).
+    bp.CLS_TOWER_GN_GROUPS = 16
+    bp.BBOX_TOWER_GN_GROUPS = 32
+    # Focal-loss prior probability for the box classifier bias (METHOD §2.2 init note).
+    bp.PRIOR_PROB = 0.01
+    # Std of the normal init of every head conv.
+    bp.INIT_STD = 0.01
+    # Upper clamp of the regression exponent: exp(min(s * x, ln(BBOX_EXP_CLAMP))) (METHOD §2.2).
+    bp.BBOX_EXP_CLAMP = 10000.0
+
+    # ---- inference (METHOD §4, §5) ---------------------------------------------------------------
+    # Candidates per level need sigmoid(class logit) > this (raw probability, before centerness).
+    # Released default 0.05; the Cityscapes release uses 0.06.
+    bp.PRE_NMS_THRESH = 0.05
+    # At most this many candidates per level and image, by score = prob * centerness.
+    bp.PRE_NMS_TOP_N = 1000
+    # Per-class NMS IoU threshold.
+    bp.NMS_THRESH = 0.6
+    # Class-agnostic NMS IoU threshold applied after per-class NMS (hard-coded 0.97 in release).
+    bp.AGNOSTIC_NMS_THRESH = 0.97
+    # Detections kept per image after NMS (k-th value threshold: ties may keep a few more).
+    bp.POST_NMS_TOP_N = 100
+    # Foreground acceptance sigma on S_j = P_loc * P_sem (the supplementary's Eq. 8). The released
+    # code uses 0.4 (the default here, for checkpoint parity); the paper's grid search found 0.3.
+    bp.MASK_THRESH = 0.4
+    # Location term P_loc: "giou_plus1" (released: (I+1)/(U+1) - (C-U)/C) or "iou" (paper text).
+    bp.LOCATION_TERM = "giou_plus1"
+    # Build the global dense box map with levelness (Eq. 15). False: keep every level's box and take
+    # the max over levels of the location term (supplementary Eqs. S1-S3, the ablation).
+    bp.USE_LEVELNESS = True
+
+    # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------
+    # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "argmax" (each pixel to the detection with the
+    # highest S_j >= sigma) or "paste" (Panoptic-FPN-like: masks pasted by descending score).
+    bp.ASSEMBLY = "argmax"
+    # Detections below this score take no part in the panoptic output (they stay in "instances").
+    bp.DET_SCORE_THRESH = 0.3
+    # An instance whose visible area is below this fraction of its accepted mask area is dropped.
+    bp.OVERLAP_THRESH = 0.5
+    # Instances with fewer visible pixels than this (at output resolution) are dropped.
+    bp.INSTANCE_AREA_MIN = 0
+    # Stuff segments smaller than this (pixels, output resolution) become void.
+    bp.STUFF_AREA_MIN = 2048
+
+    # ---- training (METHOD §3) --------------------------------------------------------------------
+    # Size-of-interest boundaries between levels on m = max(l*, t*, r*, b*), in input pixels:
+    # P3 (0, 64], P4 (64, 128], P5 (128, 256], P6 (256, 512], P7 (512, inf).
+    bp.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    # Sigmoid focal loss parameters for the box classifier.
+    bp.FOCAL_ALPHA = 0.25
+    bp.FOCAL_GAMMA = 2.0
+    # Loss weights (the trainer sums every loss_* value).
+    bp.LOSS_WEIGHT_CLS = 1.0
+    bp.LOSS_WEIGHT_BOX = 1.0
+    bp.LOSS_WEIGHT_CTR = 1.0
+    bp.LOSS_WEIGHT_SEM = 1.0
+    bp.LOSS_WEIGHT_LEVELNESS = 1.0
+    bp.LOSS_WEIGHT_MASK = 1.0
+    # Optional loss on the constructed soft masks (METHOD §3.4). Off in weak supervision.
+    bp.MASK_LOSS = False
+    # Weak supervision (supplementary §3): boxes + semantic labels only, never instance masks;
+    # pixel ownership by the smallest box containing it.
+    bp.WEAK_SUPERVISION = False
+    # Report network-only time in inference (skip post-processing), like Panoptic-DeepLab.
+    bp.BENCHMARK_NETWORK_SPEED = False
+    return cfg
