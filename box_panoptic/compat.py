@@ -18,6 +18,7 @@ Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls fir
 * ``numpy.int`` / ``numpy.float`` / ``numpy.bool``: removed in numpy 1.24, used by detectron2 0.6's
   ``SemSegEvaluator`` and mask utilities. Aliased to the builtins, which is what they always were.
 """
+
 import importlib
 import importlib.util
 import sys

@@ -4,6 +4,7 @@
 Section numbers refer to ``shared/spec/METHOD.md``. Never changes detectron2's global defaults:
 only the ``cfg`` passed in is extended.
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_box_panoptic_config"]

@@ -10,6 +10,7 @@ checks its sha256 against the pinned value.
 
 Usage: fetch_sdist.py PROJECT FILENAME SHA256 DEST_DIR
 """
+
 import hashlib
 import html.parser
 import os

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the test suite. pytest exit code 5 ("no tests collected") is a failure here: a suite that
+# runs nothing must not look green.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+.venv/bin/python -m pytest -q --timeout=900 tests "$@"
+rc=$?
+if [[ $rc -eq 5 ]]; then
+  echo "run_tests: pytest collected no tests" >&2
+  exit 1
+fi
+exit $rc
