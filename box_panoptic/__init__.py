@@ -11,14 +11,16 @@ from . import compat
 
 compat.apply_all()  # before any detectron2 module that needs the shims is imported
 
+from . import modeling  # noqa: E402,F401  (registration)
 from .config import add_box_panoptic_config  # noqa: E402
 from .data import (  # noqa: E402
     fix_builtin_panoptic_datasets,
     register_synthetic_panoptic,
 )
+from .modeling import BoxPanoptic  # noqa: E402
 
 register_synthetic_panoptic()
 fix_builtin_panoptic_datasets()
 
-__all__ = ["add_box_panoptic_config", "register_synthetic_panoptic"]
+__all__ = ["BoxPanoptic", "add_box_panoptic_config", "register_synthetic_panoptic"]
 __version__ = "0.1.0"

@@ -33,6 +33,10 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.INSTANCE_ID_RANGE = [11, 18]
 
     # ---- dense head (METHOD §2.2) --------------------------------------------------------------
+    # Registered names: dense head (BOX_PANOPTIC_HEADS_REGISTRY), levelness predictor
+    # (LEVELNESS_HEAD_REGISTRY). The semantic head is MODEL.SEM_SEG_HEAD.NAME (SEM_SEG_HEADS).
+    bp.HEAD_NAME = "BoxPanopticHead"
+    bp.LEVELNESS_HEAD_NAME = "LevelnessHead"
     # FPN levels fed to the head, finest first, and their strides.
     bp.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
     bp.FPN_STRIDES = [8, 16, 32, 64, 128]
@@ -76,9 +80,9 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.USE_LEVELNESS = True
 
     # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------
-    # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "argmax" (each pixel to the detection with the
-    # highest S_j >= sigma) or "paste" (Panoptic-FPN-like: masks pasted by descending score).
-    bp.ASSEMBLY = "argmax"
+    # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "assemble_argmax" (each pixel to the detection
+    # with the highest S_j >= sigma) or "assemble_paste" (Panoptic-FPN-like, by descending score).
+    bp.ASSEMBLY = "assemble_argmax"
     # Detections below this score take no part in the panoptic output (they stay in "instances").
     bp.DET_SCORE_THRESH = 0.3
     # An instance whose visible area is below this fraction of its accepted mask area is dropped.

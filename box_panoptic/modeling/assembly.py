@@ -1,0 +1,119 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Panoptic assembly (METHOD.md section 4 step 7; not in the released code). Pure functions, no
+cfg access, no Python loops over pixels or detections.
+
+Two rules, registered in ``PANOPTIC_ASSEMBLY_REGISTRY``:
+
+* ``assemble_argmax`` (default): each pixel goes to the detection with the highest S_j(p) among those with
+  S_j(p) >= sigma (the probabilistic reading of Eq. 8).
+* ``assemble_paste``: each pixel goes to the highest-scoring detection that accepts it (Panoptic FPN's
+  paste-by-descending-score, done in one pass).
+
+Both then drop an instance whose visible area is below ``overlap_thresh`` of its accepted area
+or below ``instance_area_min`` pixels, and reassign once. Free pixels take the semantic argmax if
+it is a stuff class (a thing-class argmax with no instance stays void); stuff segments below
+``stuff_area_min`` pixels become void.
+"""
+
+from typing import Dict
+
+import torch
+
+from detectron2.utils.registry import Registry
+
+__all__ = ["PANOPTIC_ASSEMBLY_REGISTRY", "assemble_panoptic", "assemble_argmax", "assemble_paste"]
+
+PANOPTIC_ASSEMBLY_REGISTRY = Registry("PANOPTIC_ASSEMBLY")
+PANOPTIC_ASSEMBLY_REGISTRY.__doc__ = """Panoptic assembly rules: functions with the signature of
+:func:`assemble_panoptic` minus ``priority``, returning its dict."""
+
+
+def _assign(priority: torch.Tensor, accepted: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(P, H, W) priority, (P, H, W) accepted, (P,) allowed -> (H, W) 0 = none, k = detection k-1."""
+    p, h, w = accepted.shape
+    vals = torch.where(accepted & allowed.view(p, 1, 1), priority, priority.new_tensor(-1.0))
+    vals = torch.cat([vals.new_full((1, h, w), -0.5), vals], dim=0)
+    return vals.argmax(dim=0)
+
+
+def assemble_panoptic(
+    priority: torch.Tensor,
+    mask_probs: torch.Tensor,
+    det_classes: torch.Tensor,
+    det_scores: torch.Tensor,
+    sem_seg: torch.Tensor,
+    is_thing_class: torch.Tensor,
+    mask_thresh: float,
+    overlap_thresh: float,
+    instance_area_min: int,
+    stuff_area_min: int,
+) -> Dict[str, torch.Tensor]:
+    """Combine detections, their soft masks and the semantic prediction into a panoptic map.
+
+    Args:
+        priority: (P, H, W) per-pixel priority of each detection (S_j or its score).
+        mask_probs: (P, H, W) soft masks S_j at output resolution.
+        det_classes: (P,) semantic class index of each detection. det_scores: (P,).
+        sem_seg: (C, H, W) semantic logits or probabilities.
+        is_thing_class: (C,) bool.
+        mask_thresh: sigma; a pixel accepts detection j when S_j >= sigma.
+    Returns:
+        dict with "panoptic" (H, W) int32 ids (0 = void, 1..S), and per segment s (id s + 1):
+        "segment_category" (S,), "segment_isthing" (S,) bool, "segment_score" (S,) (0 for stuff),
+        "segment_area" (S,).
+    """
+    p, h, w = mask_probs.shape
+    c = sem_seg.shape[0]
+    accepted = mask_probs >= mask_thresh
+    accepted_area = accepted.reshape(p, h * w).sum(1)
+    allowed = accepted_area > 0
+    inst = _assign(priority, accepted, allowed)
+    visible = torch.bincount(inst.reshape(-1), minlength=p + 1)[1:]
+    allowed = allowed & (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
+    inst = _assign(priority, accepted, allowed)
+    visible = torch.bincount(inst.reshape(-1), minlength=p + 1)[1:]
+    keep = allowed & (visible > 0)
+
+    sem = sem_seg.argmax(dim=0)
+    free_stuff = (inst == 0) & ~is_thing_class[sem]
+    stuff_label = torch.where(free_stuff, sem, torch.full_like(sem, c))
+    stuff_area = torch.bincount(stuff_label.reshape(-1), minlength=c + 1)[:c]
+    stuff_keep = (stuff_area >= max(stuff_area_min, 1)) & ~is_thing_class
+
+    n_inst = keep.sum()
+    inst_id = torch.cumsum(keep.long(), 0) * keep
+    stuff_id = (torch.cumsum(stuff_keep.long(), 0) + n_inst) * stuff_keep
+    inst_id = torch.cat([inst_id.new_zeros(1), inst_id])
+    stuff_id = torch.cat([stuff_id, stuff_id.new_zeros(1)])
+    panoptic = torch.where(inst > 0, inst_id[inst], stuff_id[stuff_label]).to(torch.int32)
+
+    stuff_classes = torch.arange(c, device=sem.device)[stuff_keep]
+    return {
+        "panoptic": panoptic,
+        "segment_category": torch.cat([det_classes[keep].long(), stuff_classes]),
+        "segment_isthing": torch.cat(
+            [
+                torch.ones_like(det_classes[keep], dtype=torch.bool),
+                torch.zeros_like(stuff_classes, dtype=torch.bool),
+            ]
+        ),
+        "segment_score": torch.cat([det_scores[keep], det_scores.new_zeros(stuff_classes.shape)]),
+        "segment_area": torch.cat([visible[keep], stuff_area[stuff_keep]]),
+    }
+
+
+@PANOPTIC_ASSEMBLY_REGISTRY.register()
+def assemble_argmax(mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs):
+    """Each pixel to the detection with the highest accepted S_j."""
+    return assemble_panoptic(
+        mask_probs, mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs
+    )
+
+
+@PANOPTIC_ASSEMBLY_REGISTRY.register()
+def assemble_paste(mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs):
+    """Each pixel to the highest-scoring detection that accepts it."""
+    priority = det_scores.view(-1, 1, 1).expand_as(mask_probs)
+    return assemble_panoptic(
+        priority, mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs
+    )

@@ -1,0 +1,139 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""The parameter-free mask construction (METHOD.md section 4, steps 3-6). Pure tensor functions.
+
+S_j(p) = P_loc(B(p), B_j) * P_sem(p, c_j): every query box B_j attends to the global dense box map
+B(p) with a box-overlap kernel, weighted by the semantic probability of the query's class.
+"""
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "boxes_from_ltrb",
+    "resized_level_regressions",
+    "dense_box_map",
+    "location_term",
+    "soft_masks",
+    "upsample_masks",
+]
+
+
+def boxes_from_ltrb(ltrb: torch.Tensor, stride: int) -> torch.Tensor:
+    """(..., 4, h, w) ltrb distances on a grid of ``stride`` -> (..., 4, h, w) XYXY boxes.
+
+    Grid cell (i, j) sits at (stride j + stride // 2, stride i + stride // 2) (METHOD 2.3).
+    """
+    h, w = ltrb.shape[-2:]
+    off = stride // 2
+    xs = torch.arange(w, device=ltrb.device, dtype=ltrb.dtype) * stride + off
+    ys = torch.arange(h, device=ltrb.device, dtype=ltrb.dtype) * stride + off
+    x = xs.view(1, w).expand(h, w)
+    y = ys.view(h, 1).expand(h, w)
+    l, t, r, b = ltrb.unbind(-3)
+    return torch.stack([x - l, y - t, x + r, y + b], dim=-3)
+
+
+def resized_level_regressions(box_reg: List[torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize each level's (N, 4, H_l, W_l) regression to ``size``: (N, L, 4, h, w)."""
+    return torch.stack(
+        [F.interpolate(r, size=size, mode="bilinear", align_corners=False) for r in box_reg], dim=1
+    )
+
+
+def dense_box_map(box_reg: List[torch.Tensor], levelness: torch.Tensor, stride: int = 4):
+    """The global dense box map B(x, y) = B_{l*(x, y)}(x, y) chosen by levelness (Eq. 15).
+
+    Args:
+        box_reg: per level (N, 4, H_l, W_l) ltrb pixels, finest first.
+        levelness: (N, L + 1, h, w) logits; channel 0 (background) is ignored at inference.
+        stride: stride of the levelness grid.
+    Returns:
+        (N, 4, h, w) XYXY boxes.
+    """
+    n, _, h, w = levelness.shape
+    regs = resized_level_regressions(box_reg, (h, w))  # (N, L, 4, h, w)
+    level = levelness[:, 1:].argmax(dim=1)  # (N, h, w) in [0, L)
+    index = level[:, None, None].expand(n, 1, 4, h, w)
+    return boxes_from_ltrb(regs.gather(1, index).squeeze(1), stride)
+
+
+def location_term(query: torch.Tensor, dense: torch.Tensor, mode: str = "giou_plus1"):
+    """P_loc between query boxes and dense boxes (step 5).
+
+    Args:
+        query: (P, 4) XYXY. dense: (M, 4) XYXY.
+        mode: "giou_plus1", the released (I + 1) / (U + 1) - (C - U) / C with C the enclosing
+            box area (+1e-7), in (-1, 1]; or "iou", I / U as in the paper's text.
+    Returns:
+        (P, M).
+    """
+    q = query[:, None, :]
+    d = dense[None, :, :]
+    area_q = (q[..., 2] - q[..., 0]) * (q[..., 3] - q[..., 1])
+    area_d = (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1])
+    iw = (torch.minimum(q[..., 2], d[..., 2]) - torch.maximum(q[..., 0], d[..., 0])).clamp(min=0)
+    ih = (torch.minimum(q[..., 3], d[..., 3]) - torch.maximum(q[..., 1], d[..., 1])).clamp(min=0)
+    inter = iw * ih
+    union = area_q + area_d - inter
+    if mode == "iou":
+        return inter / union.clamp(min=1e-7)
+    if mode != "giou_plus1":
+        raise ValueError(f"location_term: unknown mode {mode!r} (giou_plus1 or iou)")
+    cw = torch.maximum(q[..., 2], d[..., 2]) - torch.minimum(q[..., 0], d[..., 0])
+    ch = torch.maximum(q[..., 3], d[..., 3]) - torch.minimum(q[..., 1], d[..., 1])
+    enclose = cw * ch + 1e-7
+    return (inter + 1) / (union + 1) - (enclose - union) / enclose
+
+
+def soft_masks(
+    query: torch.Tensor,
+    sem_class: torch.Tensor,
+    dense: torch.Tensor,
+    sem_prob: torch.Tensor,
+    mode: str = "giou_plus1",
+) -> torch.Tensor:
+    """S_j = P_loc * P_sem on the dense grid (step 5; Eqs. S1-S3 when ``dense`` has levels).
+
+    Args:
+        query: (P, 4) XYXY query boxes. sem_class: (P,) semantic index of each query's class.
+        dense: (4, h, w) dense box map, or (L, 4, h, w) every level's boxes (no levelness: the
+            location term is the max over levels, supplementary Eq. S3).
+        sem_prob: (C, h, w) semantic probabilities on the same grid.
+    Returns:
+        (P, h, w) soft masks.
+    """
+    h, w = sem_prob.shape[-2:]
+    if dense.dim() == 3:
+        loc = location_term(query, dense.reshape(4, -1).t(), mode)
+    else:
+        flat = dense.reshape(dense.shape[0], 4, -1).permute(0, 2, 1)  # (L, M, 4)
+        loc = torch.stack([location_term(query, f, mode) for f in flat]).amax(dim=0)
+    psem = sem_prob.reshape(sem_prob.shape[0], -1)[sem_class]
+    return (loc * psem).reshape(-1, h, w)
+
+
+def upsample_masks(
+    masks: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+) -> torch.Tensor:
+    """Soft masks from the stride-4 grid to the output resolution (step 6, before thresholding).
+
+    Bilinear to the padded input size, crop to the unpadded image, then bilinear to the output
+    size when the image was resized for the network (identity otherwise).
+
+    Args:
+        masks: (P, h, w). padded_size, image_size, output_size: (H, W) each.
+    Returns:
+        (P, H_out, W_out).
+    """
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0,) + tuple(output_size))
+    up = F.interpolate(masks[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+    up = up[:, : image_size[0], : image_size[1]]
+    if tuple(image_size) != tuple(output_size):
+        up = F.interpolate(up[None], size=output_size, mode="bilinear", align_corners=False)[0]
+    return up

@@ -1,0 +1,317 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""The BoxPanoptic meta-architecture: backbone -> dense head -> semantic and levelness heads ->
+decoding, mask construction and panoptic assembly (inference) or losses (training)."""
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+
+from .assembly import PANOPTIC_ASSEMBLY_REGISTRY
+from .head import build_box_panoptic_head, build_levelness_head
+from .inference import decode_detections
+from .mask_construction import (
+    boxes_from_ltrb,
+    dense_box_map,
+    resized_level_regressions,
+    soft_masks,
+    upsample_masks,
+)
+
+__all__ = ["BoxPanoptic", "check_classes_against_metadata"]
+
+
+def check_classes_against_metadata(cfg) -> None:
+    """Refuse a config whose class counts disagree with its datasets' metadata (both numbers)."""
+    bp = cfg.MODEL.BOX_PANOPTIC
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        meta = MetadataCatalog.get(name)
+        if not hasattr(meta, "stuff_classes") or not hasattr(
+            meta, "thing_dataset_id_to_contiguous_id"
+        ):
+            continue  # not registered here, or not a panoptic dataset
+        n_all = len(meta.stuff_classes)
+        things = sorted(meta.thing_dataset_id_to_contiguous_id.values())
+        if n_all != bp.NUM_CLASSES:
+            raise ValueError(
+                f"MODEL.BOX_PANOPTIC.NUM_CLASSES = {bp.NUM_CLASSES} but dataset {name!r} has "
+                f"{n_all} classes"
+            )
+        if len(things) != bp.NUM_THING_CLASSES:
+            raise ValueError(
+                f"MODEL.BOX_PANOPTIC.NUM_THING_CLASSES = {bp.NUM_THING_CLASSES} but dataset "
+                f"{name!r} has {len(things)} thing classes"
+            )
+        first, last = bp.INSTANCE_ID_RANGE
+        if things != list(range(first, last + 1)):
+            raise ValueError(
+                f"MODEL.BOX_PANOPTIC.INSTANCE_ID_RANGE = {[first, last]} but the thing classes "
+                f"of dataset {name!r} have contiguous ids {things}"
+            )
+
+
+@META_ARCH_REGISTRY.register()
+class BoxPanoptic(nn.Module):
+    """Real-time panoptic segmentation from dense detections (Hou et al., CVPR 2020).
+
+    NOTE: this interface is experimental.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        sem_seg_head: nn.Module,
+        levelness_head: nn.Module,
+        in_features: Sequence[str],
+        strides: Sequence[int],
+        thing_semantic_ids: Sequence[int],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        input_format: str = "BGR",
+        size_divisibility: int = 32,
+        criterion: Optional[nn.Module] = None,
+        pre_nms_thresh: float = 0.05,
+        pre_nms_top_n: int = 1000,
+        nms_thresh: float = 0.6,
+        agnostic_nms_thresh: float = 0.97,
+        post_nms_top_n: int = 100,
+        mask_thresh: float = 0.4,
+        location_term: str = "giou_plus1",
+        use_levelness: bool = True,
+        assembly: str = "assemble_argmax",
+        det_score_thresh: float = 0.3,
+        overlap_thresh: float = 0.5,
+        instance_area_min: int = 0,
+        stuff_area_min: int = 2048,
+        benchmark_network_speed: bool = False,
+    ):
+        """
+        Args:
+            backbone: returns FPN features named ``in_features`` (P3..P7).
+            head: dense head (BOX_PANOPTIC_HEADS_REGISTRY); sem_seg_head: semantic head;
+                levelness_head: levelness predictor (LEVELNESS_HEAD_REGISTRY).
+            strides: stride of each of ``in_features``.
+            thing_semantic_ids: semantic class index of each thing label (K_th entries).
+            pixel_mean, pixel_std, input_format: input normalisation (METHOD 9.3).
+            size_divisibility: inputs are padded to a multiple of this.
+            criterion: training losses; required only for training.
+            the rest: inference and assembly settings (``add_box_panoptic_config`` documents each).
+        """
+        super().__init__()
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(f"BoxPanoptic: input_format must be BGR or RGB, got {input_format!r}")
+        if assembly not in PANOPTIC_ASSEMBLY_REGISTRY:
+            raise ValueError(f"BoxPanoptic: unknown assembly {assembly!r}")
+        self.backbone = backbone
+        self.head = head
+        self.sem_seg_head = sem_seg_head
+        self.levelness_head = levelness_head
+        self.criterion = criterion
+        self.in_features = list(in_features)
+        self.strides = list(strides)
+        self.input_format = input_format
+        self.size_divisibility = max(int(size_divisibility), 32)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.register_buffer("thing_semantic_ids", torch.tensor(thing_semantic_ids).long(), False)
+        # fmt: off
+        self.pre_nms_thresh          = pre_nms_thresh
+        self.pre_nms_top_n           = pre_nms_top_n
+        self.nms_thresh              = nms_thresh
+        self.agnostic_nms_thresh     = agnostic_nms_thresh
+        self.post_nms_top_n          = post_nms_top_n
+        self.mask_thresh             = mask_thresh
+        self.location_term           = location_term
+        self.use_levelness           = use_levelness
+        self.assembly                = assembly
+        self.det_score_thresh        = det_score_thresh
+        self.overlap_thresh          = overlap_thresh
+        self.instance_area_min       = instance_area_min
+        self.stuff_area_min          = stuff_area_min
+        self.benchmark_network_speed = benchmark_network_speed
+        # fmt: on
+
+    @classmethod
+    def from_config(cls, cfg):
+        check_classes_against_metadata(cfg)
+        bp = cfg.MODEL.BOX_PANOPTIC
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        missing = [f for f in bp.IN_FEATURES if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"BoxPanoptic: backbone has no features {missing} (has {list(shapes)})"
+            )
+        first, last = bp.INSTANCE_ID_RANGE
+        if last - first + 1 != bp.NUM_THING_CLASSES:
+            raise ValueError(
+                f"MODEL.BOX_PANOPTIC.INSTANCE_ID_RANGE {[first, last]} holds {last - first + 1} "
+                f"classes but NUM_THING_CLASSES = {bp.NUM_THING_CLASSES}"
+            )
+        from .losses import BoxPanopticCriterion  # training only
+
+        return {
+            "backbone": backbone,
+            "head": build_box_panoptic_head(cfg, shapes),
+            "sem_seg_head": build_sem_seg_head(cfg, shapes),
+            "levelness_head": build_levelness_head(cfg, shapes),
+            "criterion": BoxPanopticCriterion(cfg),
+            "in_features": bp.IN_FEATURES,
+            "strides": [shapes[f].stride for f in bp.IN_FEATURES],
+            "thing_semantic_ids": list(range(first, last + 1)),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "size_divisibility": backbone.size_divisibility,
+            "pre_nms_thresh": bp.PRE_NMS_THRESH,
+            "pre_nms_top_n": bp.PRE_NMS_TOP_N,
+            "nms_thresh": bp.NMS_THRESH,
+            "agnostic_nms_thresh": bp.AGNOSTIC_NMS_THRESH,
+            "post_nms_top_n": bp.POST_NMS_TOP_N,
+            "mask_thresh": bp.MASK_THRESH,
+            "location_term": bp.LOCATION_TERM,
+            "use_levelness": bp.USE_LEVELNESS,
+            "assembly": bp.ASSEMBLY,
+            "det_score_thresh": bp.DET_SCORE_THRESH,
+            "overlap_thresh": bp.OVERLAP_THRESH,
+            "instance_area_min": bp.INSTANCE_AREA_MIN,
+            "stuff_area_min": bp.STUFF_AREA_MIN,
+            "benchmark_network_speed": bp.BENCHMARK_NETWORK_SPEED,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    # ---------------------------------------------------------------------------------------------
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Check, normalise and pad the "image" (3, H, W) tensors of ``batched_inputs``."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            img = x["image"]
+            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3:
+                shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+                raise ValueError(
+                    f"BoxPanoptic: input {i} ('image') must be a (3, H, W) tensor in "
+                    f"{self.input_format} order, got {shape}"
+                )
+            if img.dtype != torch.uint8 and not img.dtype.is_floating_point:
+                raise ValueError(
+                    f"BoxPanoptic: input {i} ('image') must be uint8 or floating point in [0, 255], "
+                    f"got dtype {img.dtype}"
+                )
+            images.append((img.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def network(self, images: ImageList) -> Dict:
+        """Backbone + heads. Returns the head's per-level dict plus "sem_seg" (N, C, H/8, W/8)
+        and "levelness" (N, L + 1, H/4, W/4) logits."""
+        features = self.backbone(images.tensor)
+        out = self.head([features[f] for f in self.in_features])
+        out["sem_seg"] = self.sem_seg_head(out["cls_feats"])
+        out["levelness"] = self.levelness_head(out["bbox_feats"])
+        return out
+
+    def forward(self, batched_inputs: List[Dict]):
+        """detectron2's contract: training returns {"loss_*": Tensor}; inference returns per
+        image {"panoptic_seg": (ids (H, W) int32, segments_info), "sem_seg": (C, H, W) logits,
+        "instances": Instances(pred_boxes, scores, pred_classes, pred_masks)}."""
+        images = self.preprocess_image(batched_inputs)
+        out = self.network(images)
+        if self.training:
+            if self.criterion is None:
+                raise RuntimeError("BoxPanoptic: training needs a criterion (build from a cfg)")
+            return self.criterion(out, batched_inputs, images, self.strides)
+        if self.benchmark_network_speed:
+            return [{} for _ in batched_inputs]
+        return self.inference(out, batched_inputs, images)
+
+    # ---------------------------------------------------------------------------------------------
+    def dense_boxes(self, out: Dict) -> torch.Tensor:
+        """(N, 4, h4, w4) levelness-chosen boxes, or (N, L, 4, h4, w4) every level's boxes."""
+        if self.use_levelness:
+            return dense_box_map(out["box_reg"], out["levelness"], stride=4)
+        size = tuple(out["levelness"].shape[-2:])
+        return boxes_from_ltrb(resized_level_regressions(out["box_reg"], size), 4)
+
+    def inference(self, out: Dict, batched_inputs: List[Dict], images: ImageList):
+        padded = tuple(images.tensor.shape[-2:])
+        dense = self.dense_boxes(out)
+        h4, w4 = out["levelness"].shape[-2:]
+        sem_prob4 = F.interpolate(
+            out["sem_seg"], size=(h4, w4), mode="bilinear", align_corners=False
+        ).softmax(dim=1)
+        sem_full = F.interpolate(out["sem_seg"], size=padded, mode="bilinear", align_corners=False)
+        is_thing = torch.zeros(sem_full.shape[1], dtype=torch.bool, device=self.device)
+        is_thing[self.thing_semantic_ids] = True
+        results = []
+        for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            oh, ow = x.get("height", image_size[0]), x.get("width", image_size[1])
+            boxes, scores, labels, _, _ = decode_detections(
+                [c[i] for c in out["box_cls"]],
+                [r[i] for r in out["box_reg"]],
+                [t[i] for t in out["centerness"]],
+                self.strides,
+                image_size,
+                self.pre_nms_thresh,
+                self.pre_nms_top_n,
+                self.nms_thresh,
+                self.agnostic_nms_thresh,
+                self.post_nms_top_n,
+            )
+            sem_class = self.thing_semantic_ids[labels]
+            masks4 = soft_masks(boxes, sem_class, dense[i], sem_prob4[i], self.location_term)
+            masks = upsample_masks(masks4, padded, image_size, (oh, ow))
+            sem_seg = sem_seg_postprocess(sem_full[i], image_size, oh, ow)
+            instances = Instances(
+                image_size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=sem_class
+            )
+            instances = detector_postprocess(instances, oh, ow)
+            instances.pred_masks = masks >= self.mask_thresh
+            keep = scores >= self.det_score_thresh
+            pan = self.assemble(masks[keep], sem_class[keep], scores[keep], sem_seg, is_thing)
+            results.append({"sem_seg": sem_seg, "instances": instances, "panoptic_seg": pan})
+        return results
+
+    def assemble(self, masks, classes, scores, sem_seg, is_thing) -> Tuple[torch.Tensor, List]:
+        """Panoptic assembly with the configured rule; returns (ids (H, W), segments_info)."""
+        fn: Callable = PANOPTIC_ASSEMBLY_REGISTRY.get(self.assembly)
+        r = fn(
+            masks,
+            classes,
+            scores,
+            sem_seg,
+            is_thing,
+            mask_thresh=self.mask_thresh,
+            overlap_thresh=self.overlap_thresh,
+            instance_area_min=self.instance_area_min,
+            stuff_area_min=self.stuff_area_min,
+        )
+        segments = [
+            {
+                "id": k + 1,
+                "category_id": int(c),
+                "isthing": bool(t),
+                "area": int(a),
+                **({"score": float(s)} if t else {}),
+            }
+            for k, (c, t, s, a) in enumerate(
+                zip(
+                    r["segment_category"].tolist(),
+                    r["segment_isthing"].tolist(),
+                    r["segment_score"].tolist(),
+                    r["segment_area"].tolist(),
+                )
+            )
+        ]
+        return r["panoptic"], segments

@@ -1,0 +1,126 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Training targets (METHOD.md section 3), vectorized over locations and instances.
+
+Ownership of a location p: with instance masks (full supervision) the instance whose mask contains
+p; locations inside boxes but on no mask, and every location in weak supervision, go to the
+smallest-area box containing p (FCOS's ambiguity rule, supplementary section 3).
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    "size_ranges",
+    "assign_locations",
+    "fcos_targets",
+    "levelness_targets",
+    "centerness_targets",
+]
+
+INF = float("inf")
+
+
+def size_ranges(sizes_of_interest: Sequence[float], num_levels: int) -> List[Tuple[float, float]]:
+    """[64, 128, 256, 512] -> [(0, 64), (64, 128), (128, 256), (256, 512), (512, inf)]."""
+    bounds = [0.0] + [float(s) for s in sizes_of_interest] + [INF]
+    if len(bounds) - 1 != num_levels:
+        raise ValueError(
+            f"SIZES_OF_INTEREST has {len(sizes_of_interest)} boundaries for {num_levels} levels "
+            f"(needs {num_levels - 1})"
+        )
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def assign_locations(
+    points: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_masks: Optional[torch.Tensor],
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+):
+    """Owner of each point and its ltrb distances to the owner's box.
+
+    Args:
+        points: (M, 2) float (x, y) pixel positions.
+        gt_boxes: (G, 4) XYXY. gt_masks: (G, H, W) bool or None (weak supervision).
+        lo, hi: (M,) the size-of-interest range of each point; m = max(ltrb) must lie in
+            (lo, hi]. Pass lo = -inf, hi = inf to ignore ranges.
+    Returns:
+        owner (M,) long, -1 where the point is no positive; ltrb (M, 4) to the owner (0 if none);
+        m (M,) = max(ltrb) to the owner.
+    """
+    m_pts = points.shape[0]
+    g = gt_boxes.shape[0]
+    if g == 0:
+        return (
+            torch.full((m_pts,), -1, dtype=torch.long, device=points.device),
+            points.new_zeros((m_pts, 4)),
+            points.new_zeros(m_pts),
+        )
+    x, y = points[:, 0:1], points[:, 1:2]
+    ltrb = torch.stack(
+        [x - gt_boxes[:, 0], y - gt_boxes[:, 1], gt_boxes[:, 2] - x, gt_boxes[:, 3] - y], dim=2
+    )  # (M, G, 4)
+    inside = ltrb.min(dim=2).values > 0
+    m = ltrb.max(dim=2).values
+    cand = inside & (m > lo[:, None]) & (m <= hi[:, None])
+    if gt_masks is not None:
+        h, w = gt_masks.shape[-2:]
+        xi = points[:, 0].long().clamp(0, w - 1)
+        yi = points[:, 1].long().clamp(0, h - 1)
+        on = gt_masks[:, yi, xi].t()  # (M, G)
+        on_any = on.any(dim=1, keepdim=True)
+        cand = cand & torch.where(on_any, on, torch.ones_like(on))
+    area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    area = torch.where(cand, area[None].expand(m_pts, g), torch.full_like(m, INF))
+    best_area, owner = area.min(dim=1)
+    pos = torch.isfinite(best_area)
+    owner = torch.where(pos, owner, torch.full_like(owner, -1))
+    idx = owner.clamp(min=0)
+    own_ltrb = ltrb[torch.arange(m_pts, device=points.device), idx] * pos[:, None]
+    return owner, own_ltrb, own_ltrb.max(dim=1).values
+
+
+def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
+    """(M, 4) positive ltrb -> (M,) sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))."""
+    lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
+    ratio = (lr.min(1).values / lr.max(1).values.clamp(min=1e-6)) * (
+        tb.min(1).values / tb.max(1).values.clamp(min=1e-6)
+    )
+    return ratio.clamp(min=0).sqrt()
+
+
+def fcos_targets(points, level_of_point, ranges, gt_boxes, gt_classes, gt_masks, num_classes):
+    """FCOS targets for all locations of one image.
+
+    Args:
+        points: (M, 2) all levels' locations, finest level first. level_of_point: (M,) long.
+        ranges: per level (lo, hi). gt_boxes (G, 4), gt_classes (G,), gt_masks (G, H, W) or None.
+    Returns:
+        labels (M,) in [0, K] (K = background), ltrb (M, 4), owner (M,) (-1 = negative).
+    """
+    lo = points.new_tensor([r[0] for r in ranges])[level_of_point]
+    hi = points.new_tensor([r[1] for r in ranges])[level_of_point]
+    owner, ltrb, _ = assign_locations(points, gt_boxes, gt_masks, lo, hi)
+    labels = torch.full_like(owner, num_classes)
+    if gt_classes.numel():
+        labels = torch.where(owner >= 0, gt_classes[owner.clamp(min=0)], labels)
+    return labels, ltrb, owner
+
+
+def levelness_targets(points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None):
+    """Levelness target of each stride-4 location: 0 background, l in 1..L the level whose
+    size-of-interest range holds m(p, owner(p)), 255 where ``ignore`` (M,) is set.
+
+    The owner is chosen without size ranges (every location of an instance has one level).
+    """
+    m_pts = points.shape[0]
+    free = points.new_full((m_pts,), -INF), points.new_full((m_pts,), INF)
+    owner, _, m = assign_locations(points, gt_boxes, gt_masks, *free)
+    bounds = points.new_tensor([r[1] for r in ranges[:-1]])
+    level = torch.bucketize(m, bounds, right=False) + 1  # (lo, hi] -> index of hi
+    target = torch.where(owner >= 0, level, torch.zeros_like(level))
+    if ignore is not None:
+        target = torch.where(ignore, torch.full_like(target, 255), target)
+    return target
