@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Train and evaluate BoxPanoptic with detectron2's trainer, data loaders and evaluators.
+
+python train_net.py --config-file configs/Synthetic/box_panoptic_R_18_synthetic.yaml
+python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+python train_net.py --config-file ... --resume
+"""
+
+import os
+
+import box_panoptic  # noqa: F401  (shims + registration)
+from box_panoptic import add_box_panoptic_config
+from box_panoptic.data import BoxPanopticDatasetMapper
+from box_panoptic.evaluation import PanopticSemSegEvaluator
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with box_panoptic's mapper and panoptic evaluators."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        kind = MetadataCatalog.get(dataset_name).evaluator_type
+        if kind == "coco_panoptic_seg":
+            evaluators = [
+                COCOPanopticEvaluator(dataset_name, output_folder),
+                PanopticSemSegEvaluator(dataset_name, output_dir=output_folder),
+            ]
+        elif kind == "cityscapes_panoptic_seg":
+            evaluators = [
+                COCOPanopticEvaluator(dataset_name, output_folder),
+                CityscapesSemSegEvaluator(dataset_name),
+                CityscapesInstanceEvaluator(dataset_name),
+            ]
+        else:
+            raise NotImplementedError(f"no evaluator for dataset {dataset_name} of type {kind!r}")
+        return DatasetEvaluators(evaluators)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=BoxPanopticDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=BoxPanopticDatasetMapper(cfg, False)
+        )
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_box_panoptic_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

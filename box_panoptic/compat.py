@@ -48,6 +48,19 @@ class _CompiledOpsStub(types.ModuleType):
     __file__ = "<box_panoptic.compat stand-in for detectron2._C>"
     BOX_PANOPTIC_STUB = True
 
+    # What detectron2's collect_env_info (run by default_setup) asks of the extension.
+    @staticmethod
+    def get_compiler_version() -> str:
+        return "none (pure-Python detectron2 build, no compiled _C)"
+
+    @staticmethod
+    def get_cuda_version() -> str:
+        return "none"
+
+    @staticmethod
+    def has_cuda() -> bool:
+        return False
+
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)

@@ -8,3 +8,4 @@ from .datasets import (  # noqa: F401
     register_synthetic_panoptic,
 )
 from .synthetic import SyntheticSpec, generate_synthetic_panoptic  # noqa: F401
+from .mapper import BoxPanopticDatasetMapper  # noqa: F401

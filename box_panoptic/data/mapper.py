@@ -1,0 +1,183 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Dataset mapper: detectron2 panoptic records -> model inputs for training and evaluation.
+
+Produces "image" (3, H, W) uint8 in ``INPUT.FORMAT``, and for training "instances" (gt_boxes,
+gt_classes = thing label 0..K_th-1, gt_masks unless weak supervision), "sem_seg" (H, W) long with
+255 = ignore, and "crowd_mask" (H, W) bool. Crowd segments are neither instances nor negatives.
+In weak supervision the panoptic PNG (the instance masks) is never read: boxes come from the
+JSON's ``bbox`` and semantic labels from ``sem_seg_file_name``.
+"""
+
+import copy
+from typing import Dict, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Boxes, Instances
+
+from .datasets import PanopticDatasetError, rgb2id
+
+__all__ = ["BoxPanopticDatasetMapper", "build_augmentations"]
+
+
+def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
+    """Short-side resize (range or choice, with a max size), optional crop, horizontal flip."""
+    if not is_train:
+        return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    augs = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    if cfg.INPUT.RANDOM_FLIP == "horizontal":
+        augs.append(T.RandomFlip(horizontal=True, vertical=False))
+    return augs
+
+
+class BoxPanopticDatasetMapper:
+    """Maps one detectron2 panoptic record (``file_name``, ``pan_seg_file_name``,
+    ``segments_info`` with contiguous ``category_id``/``isthing``/``iscrowd``) to model inputs."""
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List,
+        image_format: str,
+        thing_semantic_ids: List[int],
+        weak_supervision: bool = False,
+        ignore_label: int = 255,
+    ):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.thing_label = {c: k for k, c in enumerate(thing_semantic_ids)}
+        self.weak = weak_supervision
+        self.ignore_label = ignore_label
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        first, last = cfg.MODEL.BOX_PANOPTIC.INSTANCE_ID_RANGE
+        return {
+            "is_train": is_train,
+            "augmentations": build_augmentations(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "thing_semantic_ids": list(range(first, last + 1)),
+            "weak_supervision": cfg.MODEL.BOX_PANOPTIC.WEAK_SUPERVISION,
+        }
+
+    def _read_panoptic(self, d: Dict, shape) -> np.ndarray:
+        path = d["pan_seg_file_name"]
+        try:
+            ids = rgb2id(np.asarray(Image.open(path).convert("RGB")))
+        except OSError as e:
+            raise PanopticDatasetError(f"image {d['file_name']}: cannot read {path}: {e}") from e
+        if ids.shape != shape:
+            raise PanopticDatasetError(
+                f"image {d['file_name']}: panoptic PNG {path} is {ids.shape[1]}x{ids.shape[0]} but "
+                f"the image is {shape[1]}x{shape[0]}"
+            )
+        return ids
+
+    def _read_sem_seg(self, d: Dict, shape) -> np.ndarray:
+        path = d.get("sem_seg_file_name")
+        if path is None:
+            raise PanopticDatasetError(
+                f"image {d['file_name']}: weak supervision needs sem_seg_file_name"
+            )
+        sem = np.asarray(Image.open(path), dtype=np.int64)
+        if sem.shape != shape:
+            raise PanopticDatasetError(
+                f"image {d['file_name']}: semantic PNG {path} is {sem.shape[1]}x{sem.shape[0]} "
+                f"but the image is {shape[1]}x{shape[0]}"
+            )
+        return sem
+
+    def _check_segments(self, d: Dict, ids: np.ndarray):
+        present = set(np.unique(ids).tolist()) - {0}
+        known = {s["id"] for s in d["segments_info"]}
+        if present - known:
+            raise PanopticDatasetError(
+                f"image {d['file_name']}: panoptic PNG {d['pan_seg_file_name']} holds segment id "
+                f"{sorted(present - known)[0]} missing from segments_info"
+            )
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        d = copy.deepcopy(dataset_dict)
+        image = utils.read_image(d["file_name"], format=self.image_format)
+        utils.check_image_size(d, image)
+        shape = image.shape[:2]
+        segs = d.pop("segments_info")
+        for s in segs:
+            if s.get("isthing") and s["category_id"] not in self.thing_label:
+                raise PanopticDatasetError(
+                    f"image {d['file_name']}: segment {s['id']} has category {s['category_id']}, "
+                    f"not a thing class of the model ({sorted(self.thing_label)})"
+                )
+        if self.weak and self.is_train:
+            return self._weak(d, image, segs, shape)
+        ids = self._read_panoptic(dict(d, segments_info=segs), shape)
+        self._check_segments(dict(d, segments_info=segs), ids)
+        aug = T.AugInput(image, sem_seg=ids.astype(np.float64))
+        self.augmentations(aug)
+        image, ids = aug.image, aug.sem_seg.astype(np.int64)
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if not self.is_train:
+            return d
+        sem = np.full(ids.shape, self.ignore_label, np.int64)
+        crowd = np.zeros(ids.shape, bool)
+        masks, classes = [], []
+        for s in segs:
+            m = ids == s["id"]
+            sem[m] = s["category_id"]
+            if s.get("iscrowd", 0):
+                crowd |= m
+            elif s.get("isthing") and m.any():
+                masks.append(m)
+                classes.append(self.thing_label[s["category_id"]])
+        inst = Instances(image.shape[:2])
+        bm = BitMasks(
+            torch.from_numpy(np.stack(masks))
+            if masks
+            else torch.zeros((0,) + image.shape[:2], dtype=torch.bool)
+        )
+        inst.gt_masks = bm
+        inst.gt_boxes = bm.get_bounding_boxes()
+        inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        d["instances"] = inst
+        d["sem_seg"] = torch.from_numpy(sem)
+        d["crowd_mask"] = torch.from_numpy(crowd)
+        return d
+
+    def _weak(self, d, image, segs, shape):
+        """Boxes from the JSON bbox and labels from the semantic PNG; never the panoptic PNG."""
+        sem = self._read_sem_seg(d, shape)
+        aug = T.AugInput(image, sem_seg=sem.astype(np.float64))
+        transforms = self.augmentations(aug)
+        image = aug.image
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        things = [s for s in segs if s.get("isthing") and not s.get("iscrowd", 0)]
+        boxes = np.array(
+            [[x, y, x + w, y + h] for x, y, w, h in (s["bbox"] for s in things)], np.float64
+        ).reshape(-1, 4)
+        boxes = transforms.apply_box(boxes).clip(min=0)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(max=image.shape[1])
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(max=image.shape[0])
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        inst = Instances(image.shape[:2])
+        inst.gt_boxes = Boxes(torch.as_tensor(boxes[keep], dtype=torch.float32))
+        inst.gt_classes = torch.tensor(
+            [self.thing_label[s["category_id"]] for s, k in zip(things, keep) if k],
+            dtype=torch.int64,
+        )
+        d["instances"] = inst
+        d["sem_seg"] = torch.from_numpy(aug.sem_seg.astype(np.int64))
+        return d
