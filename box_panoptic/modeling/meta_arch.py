@@ -11,7 +11,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
-from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
 from .assembly import PANOPTIC_ASSEMBLY_REGISTRY
@@ -273,11 +273,11 @@ class BoxPanoptic(nn.Module):
             masks4 = soft_masks(boxes, sem_class, dense[i], sem_prob4[i], self.location_term)
             masks = upsample_masks(masks4, padded, image_size, (oh, ow))
             sem_seg = sem_seg_postprocess(sem_full[i], image_size, oh, ow)
-            instances = Instances(
-                image_size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=sem_class
-            )
-            instances = detector_postprocess(instances, oh, ow)
-            instances.pred_masks = masks >= self.mask_thresh
+            out_boxes = Boxes(boxes.clone())
+            out_boxes.scale(ow / image_size[1], oh / image_size[0])
+            out_boxes.clip((oh, ow))
+            instances = Instances((oh, ow), pred_boxes=out_boxes, scores=scores,
+                                  pred_classes=sem_class, pred_masks=masks >= self.mask_thresh)
             keep = scores >= self.det_score_thresh
             pan = self.assemble(masks[keep], sem_class[keep], scores[keep], sem_seg, is_thing)
             results.append({"sem_seg": sem_seg, "instances": instances, "panoptic_seg": pan})
