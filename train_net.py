@@ -9,10 +9,6 @@ python train_net.py --config-file ... --resume
 
 import os
 
-import box_panoptic  # noqa: F401  (shims + registration)
-from box_panoptic import add_box_panoptic_config
-from box_panoptic.data import BoxPanopticDatasetMapper
-from box_panoptic.evaluation import PanopticSemSegEvaluator
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import (
@@ -27,6 +23,11 @@ from detectron2.evaluation import (
     COCOPanopticEvaluator,
     DatasetEvaluators,
 )
+
+import box_panoptic  # noqa: F401  (shims + registration)
+from box_panoptic import add_box_panoptic_config
+from box_panoptic.data import BoxPanopticDatasetMapper
+from box_panoptic.evaluation import PanopticSemSegEvaluator
 
 
 class Trainer(DefaultTrainer):

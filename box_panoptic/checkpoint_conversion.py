@@ -1,5 +1,6 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """Mapping of the released TRI checkpoint's keys onto BoxPanoptic's (METHOD.md section 9.4)."""
+
 import re
 from typing import Dict, List, Tuple
 
@@ -69,7 +70,7 @@ def convert_official_state_dict(
     """
     out, unknown = {}, []
     for key, value in official.items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key[len("module.") :] if key.startswith("module.") else key
         if key.endswith("num_batches_tracked"):
             continue
         new = official_to_box_panoptic_key(key)
@@ -83,15 +84,20 @@ def convert_official_state_dict(
     if expected is not None:
         missing = sorted(set(expected) - set(out))
         extra = sorted(set(out) - set(expected))
-        shape = sorted(k for k in set(out) & set(expected)
-                       if tuple(out[k].shape) != tuple(expected[k].shape))
+        shape = sorted(
+            k for k in set(out) & set(expected) if tuple(out[k].shape) != tuple(expected[k].shape)
+        )
         if missing:
             problems.append(f"model keys with no checkpoint value: {missing[:20]}")
         if extra:
             problems.append(f"converted keys the model does not have: {extra[:20]}")
         if shape:
-            problems.append("shape mismatches: " + ", ".join(
-                f"{k} {tuple(out[k].shape)} vs {tuple(expected[k].shape)}" for k in shape[:20]))
+            problems.append(
+                "shape mismatches: "
+                + ", ".join(
+                    f"{k} {tuple(out[k].shape)} vs {tuple(expected[k].shape)}" for k in shape[:20]
+                )
+            )
     if problems:
         raise ConversionError("checkpoint does not fit: " + "; ".join(problems))
     return out

@@ -1,17 +1,20 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """Small CPU models built from the project's configs, for tests."""
+
 import os
 
 import torch
 
-from box_panoptic import add_box_panoptic_config
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from box_panoptic import add_box_panoptic_config
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SYNTHETIC_CONFIG = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthetic.yaml")
-CITYSCAPES_CONFIG = os.path.join(CONFIGS, "Cityscapes-PanopticSegmentation",
-                                 "box_panoptic_R_50_FPN.yaml")
+CITYSCAPES_CONFIG = os.path.join(
+    CONFIGS, "Cityscapes-PanopticSegmentation", "box_panoptic_R_50_FPN.yaml"
+)
 
 
 def get_cfg_from(path, *opts, datasets=False):

@@ -1,13 +1,15 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """Converting the released checkpoint layout (official_checkpoint_keys.tsv, written out here)."""
+
 import os
 
 import pytest
 import torch
 
-from box_panoptic.checkpoint_conversion import ConversionError, convert_official_state_dict
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+
+from box_panoptic.checkpoint_conversion import ConversionError, convert_official_state_dict
 
 from .helpers import CITYSCAPES_CONFIG, get_cfg_from
 
@@ -22,8 +24,11 @@ def official_layout():
         for b in range(blocks):
             p = f"backbone.body.layer{layer}.{b}"
             cin = in_ch if b == 0 else width * 4
-            for k, shape in ((1, (width, cin, 1, 1)), (2, (width, width, 3, 3)),
-                             (3, (width * 4, width, 1, 1))):
+            for k, shape in (
+                (1, (width, cin, 1, 1)),
+                (2, (width, width, 3, 3)),
+                (3, (width * 4, width, 1, 1)),
+            ):
                 keys[f"{p}.conv{k}.weight"] = shape
                 keys.update({f"{p}.bn{k}.{n}": (shape[0],) for n in bn})
             if b == 0:
@@ -44,9 +49,13 @@ def official_layout():
             keys[f"panoptic_head.{tower}.{idx}.bias"] = (ch,)
             keys[f"panoptic_head.{tower}.{idx + 1}.weight"] = (ch,)
             keys[f"panoptic_head.{tower}.{idx + 1}.bias"] = (ch,)
-    for name, shape in (("cls_logits", (19, 640, 3, 3)), ("box_cls_logits", (8, 128, 3, 3)),
-                        ("bbox_pred", (4, 256, 3, 3)), ("centerness", (1, 256, 3, 3)),
-                        ("levelness", (6, 1280, 3, 3))):
+    for name, shape in (
+        ("cls_logits", (19, 640, 3, 3)),
+        ("box_cls_logits", (8, 128, 3, 3)),
+        ("bbox_pred", (4, 256, 3, 3)),
+        ("centerness", (1, 256, 3, 3)),
+        ("levelness", (6, 1280, 3, 3)),
+    ):
         keys[f"panoptic_head.{name}.weight"] = shape
         keys[f"panoptic_head.{name}.bias"] = (shape[0],)
     keys.update({f"panoptic_head.scales.{i}.scale": (1,) for i in range(5)})
@@ -54,8 +63,9 @@ def official_layout():
 
 
 def test_layout_matches_spec_file():
-    spec = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "spec",
-                        "official_checkpoint_keys.tsv")
+    spec = os.path.join(
+        os.path.dirname(__file__), "..", "..", "shared", "spec", "official_checkpoint_keys.tsv"
+    )
     if not os.path.isfile(spec):
         pytest.skip("shared/spec not beside this checkout")
     rows = [ln.split("\t") for ln in open(spec) if ln.strip() and not ln.startswith("#")]
@@ -92,8 +102,9 @@ def test_round_trip_loads_without_missing_or_unexpected(tmp_path, new_fpn_names)
     other = build_model(cfg).eval()
     DetectionCheckpointer(other).load(dst)
     fake = _fake_checkpoint(new_fpn_names)
-    torch.testing.assert_close(other.levelness_head.levelness.weight,
-                               fake["panoptic_head.levelness.weight"])
+    torch.testing.assert_close(
+        other.levelness_head.levelness.weight, fake["panoptic_head.levelness.weight"]
+    )
     x = [{"image": torch.randint(0, 255, (3, 64, 128), dtype=torch.uint8)}]
     with torch.no_grad():
         a, b = model(x)[0], other(x)[0]

@@ -1,18 +1,20 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """The BoxPanoptic inference path: shapes, dense box map, location term, NMS chain, assembly,
 eval forward, bad input."""
+
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from detectron2.layers import ShapeSpec
+
 from box_panoptic.modeling import BoxPanoptic
 from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.head import BoxPanopticHead, LevelnessHead, fused_conv3x3
 from box_panoptic.modeling.inference import decode_level, select_detections
 from box_panoptic.modeling.mask_construction import dense_box_map, location_term, soft_masks
-from detectron2.layers import ShapeSpec
 
 from .helpers import CITYSCAPES_CONFIG, get_cfg_from, get_model
 
@@ -40,10 +42,13 @@ def test_fused_conv_equals_concat_conv():
     torch.manual_seed(0)
     feats = [torch.randn(2, 3, 8, 10), torch.randn(2, 3, 4, 5), torch.randn(2, 3, 2, 3)]
     conv = torch.nn.Conv2d(9, 4, 3, padding=1)
-    cat = torch.cat([F.interpolate(f, size=(16, 20), mode="bilinear", align_corners=False)
-                     for f in feats], dim=1)
-    torch.testing.assert_close(fused_conv3x3(conv, feats, (16, 20)), conv(cat), atol=1e-5,
-                               rtol=1e-5)
+    cat = torch.cat(
+        [F.interpolate(f, size=(16, 20), mode="bilinear", align_corners=False) for f in feats],
+        dim=1,
+    )
+    torch.testing.assert_close(
+        fused_conv3x3(conv, feats, (16, 20)), conv(cat), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_dense_box_map_with_one_hot_levelness_picks_that_level():
@@ -56,8 +61,9 @@ def test_dense_box_map_with_one_hot_levelness_picks_that_level():
         lev[:, chosen + 1] = 1.0
         boxes = dense_box_map(regs, lev, stride=4)[0]
         up = F.interpolate(regs[chosen], size=(h4, w4), mode="bilinear", align_corners=False)[0]
-        ys, xs = torch.meshgrid(torch.arange(h4) * 4.0 + 2, torch.arange(w4) * 4.0 + 2,
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h4) * 4.0 + 2, torch.arange(w4) * 4.0 + 2, indexing="ij"
+        )
         expect = torch.stack([xs - up[0], ys - up[1], xs + up[2], ys + up[3]])
         torch.testing.assert_close(boxes, expect)
 
@@ -117,8 +123,16 @@ def test_decode_threshold_topk_and_clipping():
 
 
 def test_nms_chain_hand_built():
-    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.5], [0, 0, 10, 10.1], [50, 50, 60, 60],
-                          [0, 0, 10, 10], [30, 30, 40, 40.0]])
+    boxes = torch.tensor(
+        [
+            [0, 0, 10, 10],
+            [0, 0, 10, 10.5],
+            [0, 0, 10, 10.1],
+            [50, 50, 60, 60],
+            [0, 0, 10, 10],
+            [30, 30, 40, 40.0],
+        ]
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     labels = torch.tensor([0, 0, 1, 0, 1, 2])
     keep = select_detections(boxes, scores, labels, 0.6, 0.97, 100)
@@ -153,8 +167,17 @@ def test_assembly_invariants(fn):
     sem = torch.rand(4, h, w, generator=g)
     sem[2, :, :25] += 2
     sem[3, :, 25:] += 2
-    r = fn(masks, classes, scores, sem, is_thing, mask_thresh=0.4, overlap_thresh=0.5,
-           instance_area_min=0, stuff_area_min=10)
+    r = fn(
+        masks,
+        classes,
+        scores,
+        sem,
+        is_thing,
+        mask_thresh=0.4,
+        overlap_thresh=0.5,
+        instance_area_min=0,
+        stuff_area_min=10,
+    )
     _check_assembly(r, classes, is_thing)
     pan = r["panoptic"]
     cats = r["segment_category"]
@@ -162,7 +185,9 @@ def test_assembly_invariants(fn):
     assert len(inst_ids) == 3
     overlap = pan[20, 20].item()  # both 0 and 1 accept it
     expect = 0 if fn is assemble_argmax else 1  # higher S_j vs higher score
-    assert cats[overlap - 1] == classes[expect] and r["segment_score"][overlap - 1] == scores[expect]
+    assert (
+        cats[overlap - 1] == classes[expect] and r["segment_score"][overlap - 1] == scores[expect]
+    )
     # stuff fills the rest, void nowhere since stuff areas are large
     assert (pan > 0).all()
 
@@ -171,9 +196,17 @@ def test_assembly_without_detections_is_all_stuff_or_void():
     sem = torch.zeros(3, 10, 10)
     sem[0, :, :5] = 5  # a thing class wins here -> void, no instance
     sem[2, :, 5:] = 5
-    r = assemble_argmax(torch.zeros(0, 10, 10), torch.zeros(0, dtype=torch.long), torch.zeros(0),
-                        sem, torch.tensor([True, False, False]), mask_thresh=0.4,
-                        overlap_thresh=0.5, instance_area_min=0, stuff_area_min=1)
+    r = assemble_argmax(
+        torch.zeros(0, 10, 10),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0),
+        sem,
+        torch.tensor([True, False, False]),
+        mask_thresh=0.4,
+        overlap_thresh=0.5,
+        instance_area_min=0,
+        stuff_area_min=1,
+    )
     assert (r["panoptic"][:, :5] == 0).all() and (r["panoptic"][:, 5:] == 1).all()
     assert r["segment_category"].tolist() == [2] and r["segment_isthing"].tolist() == [False]
 
@@ -188,9 +221,14 @@ def _force_detections(model):
 def test_eval_forward_two_sizes_and_output_contract():
     model = get_model().eval()
     _force_detections(model)
-    inputs = [{"image": torch.randint(0, 255, (3, 200, 250), dtype=torch.uint8)},
-              {"image": torch.randint(0, 255, (3, 200, 249), dtype=torch.uint8), "height": 100,
-               "width": 125}]
+    inputs = [
+        {"image": torch.randint(0, 255, (3, 200, 250), dtype=torch.uint8)},
+        {
+            "image": torch.randint(0, 255, (3, 200, 249), dtype=torch.uint8),
+            "height": 100,
+            "width": 125,
+        },
+    ]
     with torch.no_grad():
         outs = model(inputs)
     for out, (h, w) in zip(outs, [(200, 250), (100, 125)]):
@@ -199,7 +237,9 @@ def test_eval_forward_two_sizes_and_output_contract():
         inst = out["instances"]
         assert 0 < len(inst) <= 100 and tuple(inst.pred_masks.shape[1:]) == (h, w)
         assert set(inst.pred_classes.tolist()) <= {0, 1, 2}
-        assert (inst.pred_boxes.tensor[:, 2] <= w).all() and (inst.pred_boxes.tensor[:, 3] <= h).all()
+        assert (inst.pred_boxes.tensor[:, 2] <= w).all() and (
+            inst.pred_boxes.tensor[:, 3] <= h
+        ).all()
         assert set(pan.unique().tolist()) - {0} == {s["id"] for s in segs}
         for s in segs:
             assert s["isthing"] == (s["category_id"] in (0, 1, 2))
@@ -227,11 +267,14 @@ def test_tiny_image_smaller_than_largest_stride():
     assert tuple(out["panoptic_seg"][0].shape) == (20, 33)
 
 
-@pytest.mark.parametrize("image,pattern", [
-    (torch.zeros(1, 32, 32, dtype=torch.uint8), r"\(3, H, W\).*\(1, 32, 32\)"),
-    (torch.zeros(4, 32, 32, dtype=torch.uint8), r"\(4, 32, 32\)"),
-    (torch.zeros(3, 32, 32, dtype=torch.int32), "torch.int32"),
-])
+@pytest.mark.parametrize(
+    "image,pattern",
+    [
+        (torch.zeros(1, 32, 32, dtype=torch.uint8), r"\(3, H, W\).*\(1, 32, 32\)"),
+        (torch.zeros(4, 32, 32, dtype=torch.uint8), r"\(4, 32, 32\)"),
+        (torch.zeros(3, 32, 32, dtype=torch.int32), "torch.int32"),
+    ],
+)
 def test_bad_images_are_refused(image, pattern):
     model = get_model().eval()
     with pytest.raises(ValueError, match=pattern):
@@ -253,10 +296,18 @@ def test_config_disagreeing_with_dataset_metadata_is_refused(synthetic_root):
 def test_explicit_construction_without_cfg():
     """Other projects can build the meta-architecture from modules (no cfg)."""
     ref = get_model()
-    model = BoxPanoptic(backbone=ref.backbone, head=ref.head, sem_seg_head=ref.sem_seg_head,
-                        levelness_head=ref.levelness_head, in_features=ref.in_features,
-                        strides=ref.strides, thing_semantic_ids=[0, 1, 2],
-                        pixel_mean=[127.5] * 3, pixel_std=[64.0] * 3, stuff_area_min=256).eval()
+    model = BoxPanoptic(
+        backbone=ref.backbone,
+        head=ref.head,
+        sem_seg_head=ref.sem_seg_head,
+        levelness_head=ref.levelness_head,
+        in_features=ref.in_features,
+        strides=ref.strides,
+        thing_semantic_ids=[0, 1, 2],
+        pixel_mean=[127.5] * 3,
+        pixel_std=[64.0] * 3,
+        stuff_area_min=256,
+    ).eval()
     x = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}]
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0]["sem_seg"], ref.eval()(x)[0]["sem_seg"])

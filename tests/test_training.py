@@ -1,5 +1,6 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """Training: target assignment on hand-built scenes, losses, mapper, a short run, resume."""
+
 import json
 import math
 import os
@@ -8,6 +9,10 @@ import sys
 
 import torch
 
+from detectron2.data import DatasetCatalog
+from detectron2.structures import BitMasks, Instances
+from detectron2.utils.events import EventStorage
+
 from box_panoptic.data import BoxPanopticDatasetMapper
 from box_panoptic.modeling.targets import (
     assign_locations,
@@ -15,9 +20,6 @@ from box_panoptic.modeling.targets import (
     levelness_targets,
     size_ranges,
 )
-from detectron2.data import DatasetCatalog
-from detectron2.structures import BitMasks, Instances
-from detectron2.utils.events import EventStorage
 
 from .helpers import SYNTHETIC_CONFIG, get_cfg_from, get_model
 
@@ -86,8 +88,13 @@ def test_losses_are_finite_without_instances_and_hand_checked_normalisation():
     ins.gt_boxes = ins.gt_masks.get_bounding_boxes()
     ins.gt_classes = torch.zeros(0, dtype=torch.long)
     sem = torch.full((64, 96), 4)
-    x = [{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8), "instances": ins,
-          "sem_seg": sem}]
+    x = [
+        {
+            "image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8),
+            "instances": ins,
+            "sem_seg": sem,
+        }
+    ]
     with EventStorage():
         losses = model(x)
         total = sum(losses.values())
@@ -103,8 +110,9 @@ def test_losses_are_finite_without_instances_and_hand_checked_normalisation():
     focal = (0.75 * p**2 * -torch.log(1 - p)).sum()
     torch.testing.assert_close(losses["loss_cls"].detach(), focal, rtol=1e-4, atol=1e-4)
     # all levelness targets are background (0)
-    lev = torch.nn.functional.cross_entropy(out["levelness"], torch.zeros_like(
-        out["levelness"][:, 0], dtype=torch.long))
+    lev = torch.nn.functional.cross_entropy(
+        out["levelness"], torch.zeros_like(out["levelness"][:, 0], dtype=torch.long)
+    )
     torch.testing.assert_close(losses["loss_levelness"].detach(), lev, rtol=1e-4, atol=1e-4)
 
 
@@ -117,8 +125,14 @@ def test_training_reduces_loss(synthetic_root):
     with EventStorage():
         for _ in range(25):
             losses = model(data)
-            assert set(losses) >= {"loss_cls", "loss_box", "loss_ctr", "loss_sem_seg",
-                                   "loss_levelness", "loss_mask"}
+            assert set(losses) >= {
+                "loss_cls",
+                "loss_box",
+                "loss_ctr",
+                "loss_sem_seg",
+                "loss_levelness",
+                "loss_mask",
+            }
             total = sum(losses.values())
             opt.zero_grad()
             total.backward()
@@ -129,17 +143,43 @@ def test_training_reduces_loss(synthetic_root):
 
 
 def _train(args, env):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file",
-                           SYNTHETIC_CONFIG, *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "train_net.py"),
+            "--config-file",
+            SYNTHETIC_CONFIG,
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_resume_continues_at_the_right_iteration(synthetic_root, tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
-    common = ["INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160", "SOLVER.IMS_PER_BATCH",
-              "2", "SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.WARMUP_ITERS", "2", "OUTPUT_DIR",
-              str(tmp_path), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
-              "SOLVER.STEPS", "(5,)"]
+    common = [
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "160",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "4",
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "TEST.EVAL_PERIOD",
+        "0",
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.STEPS",
+        "(5,)",
+    ]
     first = _train(["SOLVER.MAX_ITER", "4"] + common, env)
     assert first.returncode == 0, first.stderr[-3000:]
     assert open(tmp_path / "last_checkpoint").read().strip() == "model_final.pth"

@@ -9,6 +9,7 @@
 With --config-file the result is checked against the model the config builds: no missing, no
 unexpected keys, identical shapes; a wrong layout is refused with the keys that did not fit.
 """
+
 import argparse
 import os
 import sys
@@ -21,9 +22,10 @@ from box_panoptic.checkpoint_conversion import convert_official_state_dict  # no
 
 
 def build_expected(config_file: str):
-    from box_panoptic import add_box_panoptic_config
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
+
+    from box_panoptic import add_box_panoptic_config
 
     cfg = get_cfg()
     add_box_panoptic_config(cfg)
@@ -39,8 +41,14 @@ def convert(src: str, dst: str, config_file: str = None) -> dict:
         state = state["model"]
     expected = build_expected(config_file) if config_file else None
     model = convert_official_state_dict(state, expected)
-    torch.save({"model": model, "__author__": "TRI-ML/realtime_panoptic (converted)",
-                "matching_heuristics": False}, dst)
+    torch.save(
+        {
+            "model": model,
+            "__author__": "TRI-ML/realtime_panoptic (converted)",
+            "matching_heuristics": False,
+        },
+        dst,
+    )
     return model
 
 

@@ -10,6 +10,7 @@
 4. Evaluates with detectron2's COCOPanopticEvaluator and SemSegEvaluator (PQ, PQ_th, PQ_st, mIoU).
 5. Writes OUTPUT_DIR/synthetic_predictions.png: predictions beside ground truth.
 """
+
 import argparse
 import json
 import os
@@ -22,14 +23,15 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+
 import box_panoptic  # noqa: E402,F401  (shims + registration)
 from box_panoptic.data import SyntheticSpec, generate_synthetic_panoptic  # noqa: E402
 from box_panoptic.data.datasets import register_synthetic_panoptic  # noqa: E402
 from box_panoptic.data.synthetic import dataset_paths  # noqa: E402
 from box_panoptic.visualization import draw_ground_truth, draw_prediction, save_grid  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "Synthetic", "box_panoptic_R_18_synthetic.yaml")
 
@@ -58,8 +60,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     start = time.time()
     os.makedirs(a.output_dir, exist_ok=True)
-    specs = {"train": SyntheticSpec(num_images=a.num_train, seed=0),
-             "val": SyntheticSpec(num_images=a.num_val, seed=1)}
+    specs = {
+        "train": SyntheticSpec(num_images=a.num_train, seed=0),
+        "val": SyntheticSpec(num_images=a.num_val, seed=1),
+    }
     ensure_dataset(a.root, specs)
     records = DatasetCatalog.get("synthetic_panoptic_val")
     meta = MetadataCatalog.get("synthetic_panoptic_val")
@@ -69,8 +73,14 @@ def main(argv=None):
 
     from train_net import Trainer, setup
 
-    args = argparse.Namespace(config_file=CONFIG, opts=["OUTPUT_DIR", a.output_dir] + a.opts,
-                              resume=True, eval_only=False, num_gpus=1, machine_rank=0)
+    args = argparse.Namespace(
+        config_file=CONFIG,
+        opts=["OUTPUT_DIR", a.output_dir] + a.opts,
+        resume=True,
+        eval_only=False,
+        num_gpus=1,
+        machine_rank=0,
+    )
     cfg = setup(args)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=True)
@@ -78,9 +88,14 @@ def main(argv=None):
     model = trainer.model.eval()
     results = Trainer.test(cfg, model)
     pq = results["panoptic_seg"]
-    summary = {"PQ": pq["PQ"], "PQ_th": pq["PQ_th"], "PQ_st": pq["PQ_st"],
-               "mIoU": results.get("sem_seg", {}).get("mIoU"), "iterations": cfg.SOLVER.MAX_ITER,
-               "wall_time_s": round(time.time() - start, 1)}
+    summary = {
+        "PQ": pq["PQ"],
+        "PQ_th": pq["PQ_th"],
+        "PQ_st": pq["PQ_st"],
+        "mIoU": results.get("sem_seg", {}).get("mIoU"),
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "wall_time_s": round(time.time() - start, 1),
+    }
 
     rows = []
     DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
@@ -95,8 +110,10 @@ def main(argv=None):
     with open(os.path.join(a.output_dir, "synthetic_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"[synthetic] predictions (left) beside ground truth (right): {pic}")
-    print("[synthetic] PQ {PQ:.1f}  PQ_th {PQ_th:.1f}  PQ_st {PQ_st:.1f}  mIoU {mIoU:.1f}  "
-          "({iterations} iterations, {wall_time_s:.0f} s)".format(**summary))
+    print(
+        "[synthetic] PQ {PQ:.1f}  PQ_th {PQ_th:.1f}  PQ_st {PQ_st:.1f}  mIoU {mIoU:.1f}  "
+        "({iterations} iterations, {wall_time_s:.0f} s)".format(**summary)
+    )
 
 
 if __name__ == "__main__":

@@ -7,5 +7,5 @@ from .datasets import (  # noqa: F401
     fix_builtin_panoptic_datasets,
     register_synthetic_panoptic,
 )
-from .synthetic import SyntheticSpec, generate_synthetic_panoptic  # noqa: F401
 from .mapper import BoxPanopticDatasetMapper  # noqa: F401
+from .synthetic import SyntheticSpec, generate_synthetic_panoptic  # noqa: F401

@@ -4,10 +4,10 @@ cfg access, no Python loops over pixels or detections.
 
 Two rules, registered in ``PANOPTIC_ASSEMBLY_REGISTRY``:
 
-* ``assemble_argmax`` (default): each pixel goes to the detection with the highest S_j(p) among those with
-  S_j(p) >= sigma (the probabilistic reading of Eq. 8).
-* ``assemble_paste``: each pixel goes to the highest-scoring detection that accepts it (Panoptic FPN's
-  paste-by-descending-score, done in one pass).
+* ``assemble_argmax`` (default): each pixel goes to the detection with the highest S_j(p) among
+  those with S_j(p) >= sigma (the probabilistic reading of Eq. 8).
+* ``assemble_paste``: each pixel goes to the highest-scoring detection that accepts it (Panoptic
+  FPN's paste-by-descending-score, done in one pass).
 
 Both then drop an instance whose visible area is below ``overlap_thresh`` of its accepted area
 or below ``instance_area_min`` pixels, and reassign once. Free pixels take the semantic argmax if
@@ -29,7 +29,7 @@ PANOPTIC_ASSEMBLY_REGISTRY.__doc__ = """Panoptic assembly rules: functions with 
 
 
 def _assign(priority: torch.Tensor, accepted: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """(P, H, W) priority, (P, H, W) accepted, (P,) allowed -> (H, W) 0 = none, k = detection k-1."""
+    """(P, H, W) priority and accepted, (P,) allowed -> (H, W): 0 none, k detection k - 1."""
     p, h, w = accepted.shape
     vals = torch.where(accepted & allowed.view(p, 1, 1), priority, priority.new_tensor(-1.0))
     vals = torch.cat([vals.new_full((1, h, w), -0.5), vals], dim=0)

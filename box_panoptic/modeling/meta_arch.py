@@ -207,7 +207,7 @@ class BoxPanoptic(nn.Module):
                 )
             if img.dtype != torch.uint8 and not img.dtype.is_floating_point:
                 raise ValueError(
-                    f"BoxPanoptic: input {i} ('image') must be uint8 or floating point in [0, 255], "
+                    f"BoxPanoptic: input {i} ('image') must be uint8 or float in [0, 255], "
                     f"got dtype {img.dtype}"
                 )
             images.append((img.to(self.device).float() - self.pixel_mean) / self.pixel_std)
@@ -276,8 +276,13 @@ class BoxPanoptic(nn.Module):
             out_boxes = Boxes(boxes.clone())
             out_boxes.scale(ow / image_size[1], oh / image_size[0])
             out_boxes.clip((oh, ow))
-            instances = Instances((oh, ow), pred_boxes=out_boxes, scores=scores,
-                                  pred_classes=sem_class, pred_masks=masks >= self.mask_thresh)
+            instances = Instances(
+                (oh, ow),
+                pred_boxes=out_boxes,
+                scores=scores,
+                pred_classes=sem_class,
+                pred_masks=masks >= self.mask_thresh,
+            )
             keep = scores >= self.det_score_thresh
             pan = self.assemble(masks[keep], sem_class[keep], scores[keep], sem_seg, is_thing)
             results.append({"sem_seg": sem_seg, "instances": instances, "panoptic_seg": pan})
