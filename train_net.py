@@ -9,6 +9,9 @@ python train_net.py --config-file ... --resume
 
 import os
 
+import box_panoptic  # noqa: F401  (first: compatibility shims + registration)
+
+# isort: split
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import (
@@ -16,7 +19,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
@@ -24,9 +27,9 @@ from detectron2.evaluation import (
     DatasetEvaluators,
 )
 
-import box_panoptic  # noqa: F401  (shims + registration)
 from box_panoptic import add_box_panoptic_config
 from box_panoptic.data import BoxPanopticDatasetMapper
+from box_panoptic.engine import launch
 from box_panoptic.evaluation import PanopticSemSegEvaluator
 
 

@@ -17,6 +17,9 @@ Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls fir
   ``detectron2.data.transforms``. Aliased to ``Image.BILINEAR`` (the same filter).
 * ``numpy.int`` / ``numpy.float`` / ``numpy.bool``: removed in numpy 1.24, used by detectron2 0.6's
   ``SemSegEvaluator`` and mask utilities. Aliased to the builtins, which is what they always were.
+* ``detectron2.engine.defaults.create_ddp_model``: always passes ``device_ids=[local_rank]``,
+  which DistributedDataParallel refuses for a CPU model. Wrapped so that a model whose parameters
+  live on the CPU gets ``device_ids=None``; GPU models are passed through unchanged.
 """
 
 import importlib
@@ -31,6 +34,7 @@ __all__ = [
     "install_detectron2_C_stub",
     "install_numpy_aliases",
     "install_pillow_linear",
+    "install_cpu_ddp",
     "APPLIED",
 ]
 
@@ -128,12 +132,35 @@ def install_numpy_aliases() -> bool:
     return installed
 
 
+def install_cpu_ddp() -> bool:
+    """Make detectron2's ``create_ddp_model`` accept CPU models (multi-process gloo training)."""
+    if importlib.util.find_spec("detectron2") is None:
+        return False
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    if getattr(original, "_box_panoptic_cpu_ddp", False):
+        return False
+
+    def create_ddp_model(model, **kwargs):
+        params = list(model.parameters())
+        if params and params[0].device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    create_ddp_model._box_panoptic_cpu_ddp = True
+    create_ddp_model.__doc__ = original.__doc__
+    defaults.create_ddp_model = create_ddp_model
+    return True
+
+
 def apply_all() -> Dict[str, bool]:
     """Apply every shim whose condition holds. Idempotent. Returns which ones were installed."""
     for name, shim in (
         ("detectron2._C", install_detectron2_C_stub),
         ("PIL.Image.LINEAR", install_pillow_linear),
         ("numpy aliases", install_numpy_aliases),
+        ("create_ddp_model on CPU", install_cpu_ddp),
     ):
         if shim():
             APPLIED[name] = True

@@ -194,3 +194,34 @@ def test_resume_continues_at_the_right_iteration(synthetic_root, tmp_path):
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     last = [m for m in metrics if m.get("iteration") == 7][-1]
     assert math.isclose(last["lr"], 0.01 * 0.1, rel_tol=1e-6), last["lr"]
+
+
+def test_two_process_gloo_training_on_cpu(synthetic_root, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
+    out = _train(
+        [
+            "--num-gpus",
+            "2",
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(96,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "160",
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+        ],
+        env,
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "World size: 2" in log
+    ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # DDP wrapper stripped
