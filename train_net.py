@@ -23,14 +23,13 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluators,
 )
 
 from box_panoptic import add_box_panoptic_config
 from box_panoptic.data import BoxPanopticDatasetMapper
 from box_panoptic.engine import launch
-from box_panoptic.evaluation import PanopticSemSegEvaluator
+from box_panoptic.evaluation import PanopticEvaluatorWithTables, PanopticSemSegEvaluator
 
 
 class Trainer(DefaultTrainer):
@@ -42,12 +41,12 @@ class Trainer(DefaultTrainer):
         kind = MetadataCatalog.get(dataset_name).evaluator_type
         if kind == "coco_panoptic_seg":
             evaluators = [
-                COCOPanopticEvaluator(dataset_name, output_folder),
+                PanopticEvaluatorWithTables(dataset_name, output_folder),
                 PanopticSemSegEvaluator(dataset_name, output_dir=output_folder),
             ]
         elif kind == "cityscapes_panoptic_seg":
             evaluators = [
-                COCOPanopticEvaluator(dataset_name, output_folder),
+                PanopticEvaluatorWithTables(dataset_name, output_folder),
                 CityscapesSemSegEvaluator(dataset_name),
                 CityscapesInstanceEvaluator(dataset_name),
             ]
