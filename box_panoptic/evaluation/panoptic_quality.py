@@ -107,7 +107,7 @@ def pq_image(
 
 
 def summarize(stat: PQStat, categories: Dict[int, Dict]) -> Dict:
-    """{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {pq, sq, rq, tp, fp, fn}}}."""
+    """{"All"/"Things"/"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {pq, sq, rq, tp, ...}}}."""
     per_class = {}
     for cid in categories:
         s = stat.stats.get(cid, {"tp": 0, "fp": 0, "fn": 0, "iou": 0.0})
