@@ -245,18 +245,21 @@ class BoxPanoptic(nn.Module):
         return boxes_from_ltrb(resized_level_regressions(out["box_reg"], size), 4)
 
     def inference(self, out: Dict, batched_inputs: List[Dict], images: ImageList):
+        """Decode every image (:meth:`decode`), then post-process it (:meth:`postprocess`)."""
+        return [self.postprocess(c) for c in self.decode(out, batched_inputs, images)]
+
+    def decode(self, out: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        """Everything mask construction and assembly need, per image, independent of sigma and
+        the detection score threshold (what the sigma search caches).
+
+        Returns per image: "boxes" (D, 4), "scores" (D,), "classes" (D,) semantic index,
+        "dense" (4, h4, w4) or (L, 4, h4, w4) dense boxes, "sem_seg_stride8" (C, h8, w8) logits,
+        "padded_size", "image_size", "output_size".
+        """
         padded = tuple(images.tensor.shape[-2:])
         dense = self.dense_boxes(out)
-        h4, w4 = out["levelness"].shape[-2:]
-        sem_prob4 = F.interpolate(
-            out["sem_seg"], size=(h4, w4), mode="bilinear", align_corners=False
-        ).softmax(dim=1)
-        sem_full = F.interpolate(out["sem_seg"], size=padded, mode="bilinear", align_corners=False)
-        is_thing = torch.zeros(sem_full.shape[1], dtype=torch.bool, device=self.device)
-        is_thing[self.thing_semantic_ids] = True
-        results = []
+        caches = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            oh, ow = x.get("height", image_size[0]), x.get("width", image_size[1])
             boxes, scores, labels, _, _ = decode_detections(
                 [c[i] for c in out["box_cls"]],
                 [r[i] for r in out["box_reg"]],
@@ -269,26 +272,64 @@ class BoxPanoptic(nn.Module):
                 self.agnostic_nms_thresh,
                 self.post_nms_top_n,
             )
-            sem_class = self.thing_semantic_ids[labels]
-            masks4 = soft_masks(boxes, sem_class, dense[i], sem_prob4[i], self.location_term)
-            masks = upsample_masks(masks4, padded, image_size, (oh, ow))
-            sem_seg = sem_seg_postprocess(sem_full[i], image_size, oh, ow)
-            out_boxes = Boxes(boxes.clone())
-            out_boxes.scale(ow / image_size[1], oh / image_size[0])
-            out_boxes.clip((oh, ow))
-            instances = Instances(
-                (oh, ow),
-                pred_boxes=out_boxes,
-                scores=scores,
-                pred_classes=sem_class,
-                pred_masks=masks >= self.mask_thresh,
+            caches.append(
+                {
+                    "boxes": boxes,
+                    "scores": scores,
+                    "classes": self.thing_semantic_ids[labels],
+                    "dense": dense[i],
+                    "sem_seg_stride8": out["sem_seg"][i],
+                    "padded_size": padded,
+                    "image_size": tuple(image_size),
+                    "output_size": (x.get("height", image_size[0]), x.get("width", image_size[1])),
+                }
             )
-            keep = scores >= self.det_score_thresh
-            pan = self.assemble(masks[keep], sem_class[keep], scores[keep], sem_seg, is_thing)
-            results.append({"sem_seg": sem_seg, "instances": instances, "panoptic_seg": pan})
-        return results
+        return caches
 
-    def assemble(self, masks, classes, scores, sem_seg, is_thing) -> Tuple[torch.Tensor, List]:
+    def postprocess(
+        self,
+        cache: Dict,
+        mask_thresh: Optional[float] = None,
+        det_score_thresh: Optional[float] = None,
+    ) -> Dict:
+        """Mask construction, upsampling and assembly of one decoded image (METHOD 4, steps 4-7).
+
+        ``mask_thresh`` (sigma) and ``det_score_thresh`` default to the model's settings.
+        """
+        sigma = self.mask_thresh if mask_thresh is None else mask_thresh
+        tau = self.det_score_thresh if det_score_thresh is None else det_score_thresh
+        padded, image_size, (oh, ow) = (
+            cache["padded_size"],
+            cache["image_size"],
+            cache["output_size"],
+        )
+        boxes, scores, sem_class = cache["boxes"], cache["scores"], cache["classes"]
+        sem8 = cache["sem_seg_stride8"][None]
+        h4, w4 = cache["dense"].shape[-2:]
+        sem_prob4 = F.interpolate(sem8, size=(h4, w4), mode="bilinear", align_corners=False)[
+            0
+        ].softmax(dim=0)
+        sem_full = F.interpolate(sem8, size=padded, mode="bilinear", align_corners=False)[0]
+        sem_seg = sem_seg_postprocess(sem_full, image_size, oh, ow)
+        masks4 = soft_masks(boxes, sem_class, cache["dense"], sem_prob4, self.location_term)
+        masks = upsample_masks(masks4, padded, image_size, (oh, ow))
+        out_boxes = Boxes(boxes.clone())
+        out_boxes.scale(ow / image_size[1], oh / image_size[0])
+        out_boxes.clip((oh, ow))
+        instances = Instances(
+            (oh, ow),
+            pred_boxes=out_boxes,
+            scores=scores,
+            pred_classes=sem_class,
+            pred_masks=masks >= sigma,
+        )
+        is_thing = torch.zeros(sem_seg.shape[0], dtype=torch.bool, device=sem_seg.device)
+        is_thing[self.thing_semantic_ids] = True
+        keep = scores >= tau
+        pan = self.assemble(masks[keep], sem_class[keep], scores[keep], sem_seg, is_thing, sigma)
+        return {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": pan}
+
+    def assemble(self, masks, classes, scores, sem_seg, is_thing, mask_thresh=None) -> Tuple:
         """Panoptic assembly with the configured rule; returns (ids (H, W), segments_info)."""
         fn: Callable = PANOPTIC_ASSEMBLY_REGISTRY.get(self.assembly)
         r = fn(
@@ -297,7 +338,7 @@ class BoxPanoptic(nn.Module):
             scores,
             sem_seg,
             is_thing,
-            mask_thresh=self.mask_thresh,
+            mask_thresh=self.mask_thresh if mask_thresh is None else mask_thresh,
             overlap_thresh=self.overlap_thresh,
             instance_area_min=self.instance_area_min,
             stuff_area_min=self.stuff_area_min,
