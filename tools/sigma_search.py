@@ -3,7 +3,7 @@
 """Grid search of sigma (MODEL.BOX_PANOPTIC.MASK_THRESH) and the detection score threshold.
 
     python tools/sigma_search.py --config-file CONFIG --cache out/sigma_cache.pth \
-        --sigmas 0.2 0.25 0.3 0.35 0.4 0.45 0.5 --score-threshs 0.2 0.3 MODEL.WEIGHTS model.pth
+        --sigmas 0.2 0.25 0.3 0.35 0.4 0.45 0.5 --score-threshs 0.2 0.3 --opts MODEL.WEIGHTS m.pth
 
 The network runs once per validation image and its decoded outputs are cached (``--cache``;
 reused when the model and config are the same, refused otherwise). Each grid point re-runs only
@@ -48,7 +48,7 @@ def main(argv=None):
     )
     p.add_argument("--score-threshs", type=float, nargs="*", default=[0.3])
     p.add_argument("--dataset", default=None, help="default: the first of DATASETS.TEST")
-    p.add_argument("opts", nargs=argparse.REMAINDER)
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     a = p.parse_args(argv)
     if not a.sigmas or not a.score_threshs:
         sys.exit("sigma_search: the grid is empty (give at least one sigma and score threshold)")
