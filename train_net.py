@@ -12,7 +12,6 @@ import os
 import box_panoptic  # noqa: F401  (first: compatibility shims + registration)
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import (
     MetadataCatalog,
@@ -27,6 +26,7 @@ from detectron2.evaluation import (
 )
 
 from box_panoptic import add_box_panoptic_config
+from box_panoptic.checkpoint import SafeCheckpointer
 from box_panoptic.data import BoxPanopticDatasetMapper
 from box_panoptic.engine import launch
 from box_panoptic.evaluation import PanopticEvaluatorWithTables, PanopticSemSegEvaluator
@@ -34,6 +34,12 @@ from box_panoptic.evaluation import PanopticEvaluatorWithTables, PanopticSemSegE
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with box_panoptic's mapper and panoptic evaluators."""
+
+    def build_hooks(self):
+        # atomic checkpoint files and a finiteness check on load (box_panoptic.checkpoint)
+        old = self.checkpointer
+        self.checkpointer = SafeCheckpointer(old.model, old.save_dir, **old.checkpointables)
+        return super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -79,7 +85,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)

@@ -111,6 +111,9 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # Weak supervision (supplementary §3): boxes + semantic labels only, never instance masks;
     # pixel ownership by the smallest box containing it.
     bp.WEAK_SUPERVISION = False
+    # Training samples that cannot be used (unreadable file, size or id mismatch): "raise" stops at
+    # the first with an error naming the file; "skip" logs each (with a running count) and goes on.
+    _C.INPUT.BAD_SAMPLE_POLICY = "raise"
     # Report network-only time in inference (skip post-processing), like Panoptic-DeepLab.
     bp.BENCHMARK_NETWORK_SPEED = False
     return cfg

@@ -123,3 +123,19 @@ def test_wrong_layout_is_refused_with_keys():
     msg = str(e.value)
     assert "panoptic_head.mystery.weight" in msg and "levelness_head.levelness.bias" in msg
     assert "sem_seg_head.cls_logits.weight (20, 640, 3, 3) vs (19, 640, 3, 3)" in msg
+
+
+def test_torchvision_resnet_weights_fill_the_backbone():
+    import torchvision
+
+    from tools.convert_torchvision_resnet import convert
+
+    tv = torchvision.models.resnet50(weights=None).state_dict()
+    out = convert(tv)
+    model = build_model(get_cfg_from(CITYSCAPES_CONFIG))
+    result = model.load_state_dict(out, strict=False)
+    assert not result.unexpected_keys
+    assert not [k for k in result.missing_keys if k.startswith("backbone.bottom_up")]
+    torch.testing.assert_close(
+        model.backbone.bottom_up.res4[5].conv2.weight, tv["layer3.5.conv2.weight"]
+    )

@@ -3,9 +3,11 @@
 """Training pixel association (supplementary Fig. S1): which pixels are assigned to which box
 target, with full supervision (mask-aware) and weak supervision (smallest box), side by side.
 
-    python tools/visualize_targets.py --config-file configs/Synthetic/box_panoptic_R_18_synthetic.yaml \
+    python tools/visualize_targets.py \
+        --config-file configs/Synthetic/box_panoptic_R_18_synthetic.yaml \
         --dataset synthetic_panoptic_train --num 3 --output out/targets.png
 """
+
 import argparse
 import os
 import sys
@@ -35,8 +37,9 @@ def association_picture(image_rgb: np.ndarray, boxes: torch.Tensor, masks) -> np
     inf = torch.full((len(pts),), float("inf"))
     owner, _, _ = assign_locations(pts, boxes, masks, -inf, inf)
     owner = owner.view(h, w).numpy()
-    colors = np.array([random_color(rgb=True, maximum=255) for _ in range(len(boxes))] or
-                      [[0, 0, 0]], np.float32)
+    colors = np.array(
+        [random_color(rgb=True, maximum=255) for _ in range(len(boxes))] or [[0, 0, 0]], np.float32
+    )
     out = image_rgb.astype(np.float32) * 0.35
     sel = owner >= 0
     out[sel] = out[sel] + 0.65 * colors[owner[sel]]
@@ -54,9 +57,16 @@ def main(argv=None):
     p.add_argument("--output", default="output/pixel_association.png")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
-    cfg = setup(argparse.Namespace(config_file=a.config_file, eval_only=True, resume=False,
-                                   num_gpus=1, machine_rank=0,
-                                   opts=a.opts + ["INPUT.RANDOM_FLIP", "none"]))
+    cfg = setup(
+        argparse.Namespace(
+            config_file=a.config_file,
+            eval_only=True,
+            resume=False,
+            num_gpus=1,
+            machine_rank=0,
+            opts=a.opts + ["INPUT.RANDOM_FLIP", "none"],
+        )
+    )
     mapper = BoxPanopticDatasetMapper(cfg, True)
     records = DatasetCatalog.get(a.dataset or cfg.DATASETS.TRAIN[0])
     rows = []

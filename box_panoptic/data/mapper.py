@@ -9,7 +9,8 @@ JSON's ``bbox`` and semantic labels from ``sem_seg_file_name``.
 """
 
 import copy
-from typing import Dict, List
+import logging
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from .datasets import PanopticDatasetError, rgb2id
 
 __all__ = ["BoxPanopticDatasetMapper", "build_augmentations"]
+
+logger = logging.getLogger(__name__)
 
 
 def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
@@ -55,6 +58,7 @@ class BoxPanopticDatasetMapper:
         thing_semantic_ids: List[int],
         weak_supervision: bool = False,
         ignore_label: int = 255,
+        bad_sample_policy: str = "raise",
     ):
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -62,6 +66,12 @@ class BoxPanopticDatasetMapper:
         self.thing_label = {c: k for k, c in enumerate(thing_semantic_ids)}
         self.weak = weak_supervision
         self.ignore_label = ignore_label
+        if bad_sample_policy not in ("raise", "skip"):
+            raise ValueError(
+                f"bad_sample_policy must be 'raise' or 'skip', got {bad_sample_policy!r}"
+            )
+        self.bad_sample_policy = bad_sample_policy
+        self.skipped = 0
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -93,7 +103,10 @@ class BoxPanopticDatasetMapper:
             raise PanopticDatasetError(
                 f"image {d['file_name']}: weak supervision needs sem_seg_file_name"
             )
-        sem = np.asarray(Image.open(path), dtype=np.int64)
+        try:
+            sem = np.asarray(Image.open(path), dtype=np.int64)
+        except OSError as e:
+            raise PanopticDatasetError(f"image {d['file_name']}: cannot read {path}: {e}") from e
         if sem.shape != shape:
             raise PanopticDatasetError(
                 f"image {d['file_name']}: semantic PNG {path} is {sem.shape[1]}x{sem.shape[0]} "
@@ -110,10 +123,29 @@ class BoxPanopticDatasetMapper:
                 f"{sorted(present - known)[0]} missing from segments_info"
             )
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        """Map one record. A bad sample raises PanopticDatasetError naming the file, or, with
+        ``bad_sample_policy="skip"``, is logged and returns None (detectron2's loader then draws
+        another sample)."""
+        if self.bad_sample_policy == "raise":
+            return self._map(dataset_dict)
+        try:
+            return self._map(dataset_dict)
+        except PanopticDatasetError as e:
+            self.skipped += 1
+            logger.warning(f"skipping bad sample ({self.skipped} skipped so far): {e}")
+            return None
+
+    def _map(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = utils.read_image(d["file_name"], format=self.image_format)
-        utils.check_image_size(d, image)
+        try:
+            image = utils.read_image(d["file_name"], format=self.image_format)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise PanopticDatasetError(f"image {d['file_name']} cannot be read: {e}") from e
+        try:
+            utils.check_image_size(d, image)
+        except Exception as e:  # detectron2 raises SizeMismatchError (a ValueError subclass)
+            raise PanopticDatasetError(f"image {d['file_name']}: {e}") from e
         shape = image.shape[:2]
         segs = d.pop("segments_info")
         for s in segs:

@@ -210,7 +210,10 @@ class BoxPanoptic(nn.Module):
                     f"BoxPanoptic: input {i} ('image') must be uint8 or float in [0, 255], "
                     f"got dtype {img.dtype}"
                 )
-            images.append((img.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+            img = img.to(self.device).float()
+            if not torch.isfinite(img).all():
+                raise ValueError(f"BoxPanoptic: input {i} ('image') holds NaN or inf values")
+            images.append((img - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def network(self, images: ImageList) -> Dict:

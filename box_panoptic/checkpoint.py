@@ -1,0 +1,64 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""A DetectionCheckpointer whose files are complete or absent, and whose weights are finite.
+
+* ``save`` writes ``name.pth.tmp``, flushes it to disk and renames it over ``name.pth``; only then
+  is ``last_checkpoint`` replaced (also by rename). A run killed at any moment leaves the previous
+  checkpoint and tag intact, never a file that loads but is truncated.
+* loading refuses a checkpoint holding NaN or inf, naming the first such tensor.
+"""
+
+import os
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["SafeCheckpointer", "NonFiniteWeightsError"]
+
+
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or inf values."""
+
+
+def _atomic_write(path: str, write) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves and a finiteness check on load."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not os.path.isdir(self.save_dir):  # remote storage: no atomic rename available
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update({k: obj.state_dict() for k, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        _atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not os.path.isdir(self.save_dir):
+            return super().tag_last_checkpoint(last_filename_basename)
+        _atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode()),
+        )
+
+    def _load_model(self, checkpoint):
+        for key, value in checkpoint.get("model", {}).items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                if not torch.isfinite(value).all():
+                    raise NonFiniteWeightsError(
+                        f"checkpoint tensor {key!r} holds NaN or inf values; refusing to load it"
+                    )
+        return super()._load_model(checkpoint)
