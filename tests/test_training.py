@@ -225,3 +225,33 @@ def test_two_process_gloo_training_on_cpu(synthetic_root, tmp_path):
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])  # DDP wrapper stripped
+
+
+def test_nan_loss_stops_with_iteration_and_loss_name_keeping_last_checkpoint(
+    synthetic_root, tmp_path
+):
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
+    common = [
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "160",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+    ]
+    first = _train(["SOLVER.MAX_ITER", "2"] + common, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    good = open(tmp_path / "model_final.pth", "rb").read()
+    bad = _train(
+        ["--resume", "SOLVER.MAX_ITER", "5", "MODEL.BOX_PANOPTIC.LOSS_WEIGHT_CLS", "nan"] + common,
+        env,
+    )
+    log = bad.stdout + bad.stderr
+    assert bad.returncode != 0
+    assert "Loss became infinite or NaN at iteration=2" in log and "loss_cls" in log
+    assert open(tmp_path / "last_checkpoint").read() == "model_final.pth"
+    assert open(tmp_path / "model_final.pth", "rb").read() == good

@@ -84,6 +84,14 @@ def check_panoptic_png(record: Dict) -> np.ndarray:
     return ids
 
 
+def _read_json(path: str) -> Dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise PanopticDatasetError(f"{path} cannot be read as JSON: {e}") from e
+
+
 def synthetic_metadata(panoptic_json: str) -> Dict:
     """detectron2 metadata for a synthetic split, read from the categories of its JSON.
 
@@ -91,8 +99,7 @@ def synthetic_metadata(panoptic_json: str) -> Dict:
     ``stuff_classes`` both list every class (contiguous id order), so the Visualizer can index
     either by contiguous id.
     """
-    with open(panoptic_json) as f:
-        cats = json.load(f)["categories"]
+    cats = _read_json(panoptic_json)["categories"]
     names = [c["name"] for c in cats]
     colors = [list(c["color"]) for c in cats]
     return {

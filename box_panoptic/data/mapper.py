@@ -82,6 +82,7 @@ class BoxPanopticDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "thing_semantic_ids": list(range(first, last + 1)),
             "weak_supervision": cfg.MODEL.BOX_PANOPTIC.WEAK_SUPERVISION,
+            "bad_sample_policy": cfg.INPUT.BAD_SAMPLE_POLICY if is_train else "raise",
         }
 
     def _read_panoptic(self, d: Dict, shape) -> np.ndarray:
