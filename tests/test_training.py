@@ -247,7 +247,8 @@ def test_nan_loss_stops_with_iteration_and_loss_name_keeping_last_checkpoint(
     assert first.returncode == 0, first.stderr[-3000:]
     good = open(tmp_path / "model_final.pth", "rb").read()
     bad = _train(
-        ["--resume", "SOLVER.MAX_ITER", "5", "MODEL.BOX_PANOPTIC.LOSS_WEIGHT_CLS", "nan"] + common,
+        ["--resume", "SOLVER.MAX_ITER", "5", "MODEL.BOX_PANOPTIC.LOSS_WEIGHT_CLS", "1e999"]
+        + common,
         env,
     )
     log = bad.stdout + bad.stderr
