@@ -256,3 +256,19 @@ def test_nan_loss_stops_with_iteration_and_loss_name_keeping_last_checkpoint(
     assert "Loss became infinite or NaN at iteration=2" in log and "loss_cls" in log
     assert open(tmp_path / "last_checkpoint").read() == "model_final.pth"
     assert open(tmp_path / "model_final.pth", "rb").read() == good
+
+
+def test_thing_aware_crop_keeps_things():
+    import numpy as np
+
+    from box_panoptic.data.augmentation import PanopticAugInput, ThingAwareCrop
+
+    np.random.seed(0)
+    image = np.zeros((200, 300, 3), np.uint8)
+    things = np.zeros((200, 300), bool)
+    things[180:200, 280:300] = True  # a small thing in a corner
+    crop = ThingAwareCrop("absolute", (40, 40))
+    for _ in range(20):
+        aug = PanopticAugInput(image, sem_seg=things.astype(np.float64), thing_mask=things)
+        crop(aug)
+        assert aug.image.shape[:2] == (40, 40) and aug.thing_mask.any()

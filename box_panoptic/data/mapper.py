@@ -21,6 +21,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
+from .augmentation import PanopticAugInput, ThingAwareCrop
 from .datasets import PanopticDatasetError, rgb2id
 
 __all__ = ["BoxPanopticDatasetMapper", "build_augmentations"]
@@ -29,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
-    """Short-side resize (range or choice, with a max size), optional crop, horizontal flip."""
+    """Short-side resize (range or choice, with a max size), optional crop that keeps things,
+    horizontal flip."""
     if not is_train:
         return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
     augs = [
@@ -38,7 +40,7 @@ def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
         )
     ]
     if cfg.INPUT.CROP.ENABLED:
-        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        augs.append(ThingAwareCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     if cfg.INPUT.RANDOM_FLIP == "horizontal":
         augs.append(T.RandomFlip(horizontal=True, vertical=False))
     return augs
@@ -159,7 +161,10 @@ class BoxPanopticDatasetMapper:
             return self._weak(d, image, segs, shape)
         ids = self._read_panoptic(dict(d, segments_info=segs), shape)
         self._check_segments(dict(d, segments_info=segs), ids)
-        aug = T.AugInput(image, sem_seg=ids.astype(np.float64))
+        thing_ids = [s["id"] for s in segs if s.get("isthing")]
+        aug = PanopticAugInput(
+            image, sem_seg=ids.astype(np.float64), thing_mask=np.isin(ids, thing_ids)
+        )
         self.augmentations(aug)
         image, ids = aug.image, aug.sem_seg.astype(np.int64)
         d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -193,7 +198,9 @@ class BoxPanopticDatasetMapper:
     def _weak(self, d, image, segs, shape):
         """Boxes from the JSON bbox and labels from the semantic PNG; never the panoptic PNG."""
         sem = self._read_sem_seg(d, shape)
-        aug = T.AugInput(image, sem_seg=sem.astype(np.float64))
+        aug = PanopticAugInput(
+            image, sem_seg=sem.astype(np.float64), thing_mask=np.isin(sem, list(self.thing_label))
+        )
         transforms = self.augmentations(aug)
         image = aug.image
         d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
