@@ -30,10 +30,20 @@ PANOPTIC_ASSEMBLY_REGISTRY.__doc__ = """Panoptic assembly rules: functions with 
 
 def _assign(priority: torch.Tensor, accepted: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """(P, H, W) priority and accepted, (P,) allowed -> (H, W): 0 none, k detection k - 1."""
-    p, h, w = accepted.shape
-    vals = torch.where(accepted & allowed.view(p, 1, 1), priority, priority.new_tensor(-1.0))
+    vals = torch.where(accepted & allowed[:, None, None], priority, priority.new_tensor(-1.0))
+    h, w = accepted.shape[-2:]
     vals = torch.cat([vals.new_full((1, h, w), -0.5), vals], dim=0)
     return vals.argmax(dim=0)
+
+
+def _counts(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Occurrences of each value 0..len(like)-1 in ``labels``; shaped like ``like`` (1-D).
+
+    A scatter-add rather than ``bincount``: its length follows a tensor, so tracing keeps it
+    dynamic, and it exports to ONNX (ScatterElements).
+    """
+    flat = labels.reshape(-1)
+    return torch.zeros_like(like, dtype=torch.long).scatter_add_(0, flat, torch.ones_like(flat))
 
 
 def assemble_panoptic(
@@ -62,22 +72,22 @@ def assemble_panoptic(
         "segment_category" (S,), "segment_isthing" (S,) bool, "segment_score" (S,) (0 for stuff),
         "segment_area" (S,).
     """
-    p, h, w = mask_probs.shape
     c = sem_seg.shape[0]
     accepted = mask_probs >= mask_thresh
-    accepted_area = accepted.reshape(p, h * w).sum(1)
+    accepted_area = accepted.flatten(1).sum(1)
+    slots = torch.cat([det_scores.new_zeros(1), det_scores])  # 1 + P counting slots
     allowed = accepted_area > 0
     inst = _assign(priority, accepted, allowed)
-    visible = torch.bincount(inst.reshape(-1), minlength=p + 1)[1:]
+    visible = _counts(inst, slots)[1:]
     allowed = allowed & (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
     inst = _assign(priority, accepted, allowed)
-    visible = torch.bincount(inst.reshape(-1), minlength=p + 1)[1:]
+    visible = _counts(inst, slots)[1:]
     keep = allowed & (visible > 0)
 
     sem = sem_seg.argmax(dim=0)
     free_stuff = (inst == 0) & ~is_thing_class[sem]
     stuff_label = torch.where(free_stuff, sem, torch.full_like(sem, c))
-    stuff_area = torch.bincount(stuff_label.reshape(-1), minlength=c + 1)[:c]
+    stuff_area = _counts(stuff_label, torch.cat([is_thing_class, is_thing_class[:1]]))[:c]
     stuff_keep = (stuff_area >= max(stuff_area_min, 1)) & ~is_thing_class
 
     n_inst = keep.sum()

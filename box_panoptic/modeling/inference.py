@@ -93,10 +93,16 @@ def select_detections(
     keep = batched_nms(boxes, scores, labels, nms_thresh)
     if agnostic_nms_thresh < 1.0:
         keep = keep[nms(boxes[keep], scores[keep], agnostic_nms_thresh)]
-    if keep.numel() > post_nms_top_n > 0:
-        kth = scores[keep].topk(post_nms_top_n).values[-1]
-        keep = keep[scores[keep] >= kth]
-    return keep[scores[keep].argsort(descending=True)]
+    kept = scores[keep]
+    order = kept.argsort(descending=True)
+    keep, kept = keep[order], kept[order]
+    if post_nms_top_n > 0:
+        # k-th value threshold written with tensor ops only (no data-dependent Python branch,
+        # so a traced model keeps it): index min(N, D) - 1 of the sorted scores.
+        last = (torch.ones_like(kept).sum() - 1).clamp(min=0, max=post_nms_top_n - 1).long()
+        kth = torch.cat([kept, kept.new_full((1,), -1.0)]).gather(0, last.view(1))
+        keep = keep[kept >= kth]
+    return keep
 
 
 def decode_detections(

@@ -130,10 +130,11 @@ def upsample_masks(
     Returns:
         (P, H_out, W_out).
     """
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0,) + tuple(output_size))
-    up = F.interpolate(masks[None], size=padded_size, mode="bilinear", align_corners=False)[0]
-    up = up[:, : image_size[0], : image_size[1]]
+    # one spare channel keeps the batch non-empty without a data-dependent branch (traceable)
+    spare = masks.new_zeros((1,) + tuple(masks.shape[1:]))
+    up = torch.cat([masks, spare])[None]
+    up = F.interpolate(up, size=padded_size, mode="bilinear", align_corners=False)
+    up = up[:, :, : image_size[0], : image_size[1]]
     if tuple(image_size) != tuple(output_size):
-        up = F.interpolate(up[None], size=output_size, mode="bilinear", align_corners=False)[0]
-    return up
+        up = F.interpolate(up, size=output_size, mode="bilinear", align_corners=False)
+    return up[0, :-1]
