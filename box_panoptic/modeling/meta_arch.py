@@ -25,7 +25,7 @@ from .mask_construction import (
     upsample_masks,
 )
 
-__all__ = ["BoxPanoptic", "check_classes_against_metadata"]
+__all__ = ["BoxPanoptic", "check_classes_against_metadata", "segments_info"]
 
 
 def check_classes_against_metadata(cfg) -> None:
@@ -289,78 +289,100 @@ class BoxPanoptic(nn.Module):
             )
         return caches
 
+    def construct(self, cache: Dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Semantic logits (C, H, W) and soft masks S_j (D, H, W) at output resolution."""
+        padded, image_size, output_size = (
+            cache["padded_size"],
+            cache["image_size"],
+            cache["output_size"],
+        )
+        sem8 = cache["sem_seg_stride8"][None]
+        h4, w4 = cache["dense"].shape[-2:]
+        sem_prob4 = F.interpolate(sem8, size=(h4, w4), mode="bilinear", align_corners=False)
+        sem_full = F.interpolate(sem8, size=padded, mode="bilinear", align_corners=False)[0]
+        sem_seg = sem_seg_postprocess(sem_full, image_size, *output_size)
+        masks4 = soft_masks(
+            cache["boxes"],
+            cache["classes"],
+            cache["dense"],
+            sem_prob4[0].softmax(dim=0),
+            self.location_term,
+        )
+        return sem_seg, upsample_masks(masks4, padded, image_size, output_size)
+
+    def panoptic_tensors(
+        self,
+        cache: Dict,
+        sem_seg: torch.Tensor,
+        masks: torch.Tensor,
+        mask_thresh: Optional[float] = None,
+        det_score_thresh: Optional[float] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Assembly of one image as tensors (see :func:`assemble_panoptic`)."""
+        sigma = self.mask_thresh if mask_thresh is None else mask_thresh
+        tau = self.det_score_thresh if det_score_thresh is None else det_score_thresh
+        is_thing = torch.zeros(sem_seg.shape[0], dtype=torch.bool, device=sem_seg.device)
+        is_thing[self.thing_semantic_ids] = True
+        keep = cache["scores"] >= tau
+        fn: Callable = PANOPTIC_ASSEMBLY_REGISTRY.get(self.assembly)
+        return fn(
+            masks[keep],
+            cache["classes"][keep],
+            cache["scores"][keep],
+            sem_seg,
+            is_thing,
+            mask_thresh=sigma,
+            overlap_thresh=self.overlap_thresh,
+            instance_area_min=self.instance_area_min,
+            stuff_area_min=self.stuff_area_min,
+        )
+
     def postprocess(
         self,
         cache: Dict,
         mask_thresh: Optional[float] = None,
         det_score_thresh: Optional[float] = None,
     ) -> Dict:
-        """Mask construction, upsampling and assembly of one decoded image (METHOD 4, steps 4-7).
-
-        ``mask_thresh`` (sigma) and ``det_score_thresh`` default to the model's settings.
-        """
+        """Mask construction, upsampling and assembly of one decoded image (METHOD 4, steps 4-7)
+        into detectron2's output contract. ``mask_thresh`` (sigma) and ``det_score_thresh``
+        default to the model's settings."""
         sigma = self.mask_thresh if mask_thresh is None else mask_thresh
-        tau = self.det_score_thresh if det_score_thresh is None else det_score_thresh
-        padded, image_size, (oh, ow) = (
-            cache["padded_size"],
-            cache["image_size"],
-            cache["output_size"],
-        )
-        boxes, scores, sem_class = cache["boxes"], cache["scores"], cache["classes"]
-        sem8 = cache["sem_seg_stride8"][None]
-        h4, w4 = cache["dense"].shape[-2:]
-        sem_prob4 = F.interpolate(sem8, size=(h4, w4), mode="bilinear", align_corners=False)[
-            0
-        ].softmax(dim=0)
-        sem_full = F.interpolate(sem8, size=padded, mode="bilinear", align_corners=False)[0]
-        sem_seg = sem_seg_postprocess(sem_full, image_size, oh, ow)
-        masks4 = soft_masks(boxes, sem_class, cache["dense"], sem_prob4, self.location_term)
-        masks = upsample_masks(masks4, padded, image_size, (oh, ow))
-        out_boxes = Boxes(boxes.clone())
+        image_size, (oh, ow) = cache["image_size"], cache["output_size"]
+        sem_seg, masks = self.construct(cache)
+        out_boxes = Boxes(cache["boxes"].clone())
         out_boxes.scale(ow / image_size[1], oh / image_size[0])
         out_boxes.clip((oh, ow))
         instances = Instances(
             (oh, ow),
             pred_boxes=out_boxes,
-            scores=scores,
-            pred_classes=sem_class,
+            scores=cache["scores"],
+            pred_classes=cache["classes"],
             pred_masks=masks >= sigma,
         )
-        is_thing = torch.zeros(sem_seg.shape[0], dtype=torch.bool, device=sem_seg.device)
-        is_thing[self.thing_semantic_ids] = True
-        keep = scores >= tau
-        pan = self.assemble(masks[keep], sem_class[keep], scores[keep], sem_seg, is_thing, sigma)
-        return {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": pan}
+        r = self.panoptic_tensors(cache, sem_seg, masks, sigma, det_score_thresh)
+        return {
+            "sem_seg": sem_seg,
+            "instances": instances,
+            "panoptic_seg": (r["panoptic"], segments_info(r)),
+        }
 
-    def assemble(self, masks, classes, scores, sem_seg, is_thing, mask_thresh=None) -> Tuple:
-        """Panoptic assembly with the configured rule; returns (ids (H, W), segments_info)."""
-        fn: Callable = PANOPTIC_ASSEMBLY_REGISTRY.get(self.assembly)
-        r = fn(
-            masks,
-            classes,
-            scores,
-            sem_seg,
-            is_thing,
-            mask_thresh=self.mask_thresh if mask_thresh is None else mask_thresh,
-            overlap_thresh=self.overlap_thresh,
-            instance_area_min=self.instance_area_min,
-            stuff_area_min=self.stuff_area_min,
-        )
-        segments = [
-            {
-                "id": k + 1,
-                "category_id": int(c),
-                "isthing": bool(t),
-                "area": int(a),
-                **({"score": float(s)} if t else {}),
-            }
-            for k, (c, t, s, a) in enumerate(
-                zip(
-                    r["segment_category"].tolist(),
-                    r["segment_isthing"].tolist(),
-                    r["segment_score"].tolist(),
-                    r["segment_area"].tolist(),
-                )
+
+def segments_info(r: Dict[str, torch.Tensor]) -> List[Dict]:
+    """detectron2's ``segments_info`` from :func:`assemble_panoptic`'s segment table."""
+    return [
+        {
+            "id": k + 1,
+            "category_id": int(c),
+            "isthing": bool(t),
+            "area": int(a),
+            **({"score": float(s)} if t else {}),
+        }
+        for k, (c, t, s, a) in enumerate(
+            zip(
+                r["segment_category"].tolist(),
+                r["segment_isthing"].tolist(),
+                r["segment_score"].tolist(),
+                r["segment_area"].tolist(),
             )
-        ]
-        return r["panoptic"], segments
+        )
+    ]
