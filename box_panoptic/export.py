@@ -1,0 +1,130 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Export of the whole BoxPanoptic model, mask construction and panoptic assembly included.
+
+:class:`PanopticExportModule` wraps a model so that one image tensor goes in and plain tensors
+come out: the panoptic id map, the segment table and the semantic logits. It traces with
+``torch.jit.trace`` and exports to ONNX. What is fixed at export time: the image size (the
+padding and every resize are recorded for it), the batch size (1), the thresholds and the
+class layout; the number of detections and of segments stays dynamic.
+"""
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PanopticExportModule",
+    "ExportError",
+    "check_exportable",
+    "export_torchscript",
+    "export_onnx",
+]
+
+
+class ExportError(ValueError):
+    """The model or config cannot be exported."""
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Refuse what an export cannot carry (training-only switches, benchmark mode)."""
+    if model.training:
+        raise ExportError(
+            "export needs an eval-mode model (call model.eval()): training "
+            "returns losses, not panoptic output"
+        )
+    if getattr(model, "benchmark_network_speed", False):
+        raise ExportError(
+            "MODEL.BOX_PANOPTIC.BENCHMARK_NETWORK_SPEED is a benchmark switch that "
+            "skips post-processing; turn it off to export panoptic output"
+        )
+
+
+class PanopticExportModule(nn.Module):
+    """image (3, H, W) uint8/float in the model's INPUT.FORMAT ->
+    (panoptic (H, W) int32, segments (S, 4) float [category, isthing, score, area],
+    sem_seg (C, H, W) float logits)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        check_exportable(model)
+        self.model = model
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        """Always inference mode: exporters toggle modes and restore the wrapper's."""
+        return super().train(False)
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) image, got {tuple(image.shape)}")
+        inputs = [{"image": image}]
+        images = self.model.preprocess_image(inputs)
+        out = self.model.network(images)
+        cache = self.model.decode(out, inputs, images)[0]
+        sem_seg, masks = self.model.construct(cache)
+        r = self.model.panoptic_tensors(cache, sem_seg, masks)
+        table = torch.stack(
+            [
+                r["segment_category"].float(),
+                r["segment_isthing"].float(),
+                r["segment_score"].float(),
+                r["segment_area"].float(),
+            ],
+            dim=1,
+        )
+        return r["panoptic"], table, sem_seg
+
+
+class _ShapeChecked(nn.Module):
+    """Scripted guard around a traced module: refuses inputs of another rank, channel count or
+    size with a clear message (a traced graph would fail somewhere inside instead)."""
+
+    def __init__(self, traced: nn.Module, height: int, width: int):
+        super().__init__()
+        self.traced = traced
+        self.height = height
+        self.width = width
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if image.dim() != 3 or image.size(0) != 3:
+            raise ValueError(
+                "box_panoptic export: expected a (3, H, W) image, got shape " + str(image.shape)
+            )
+        if image.size(1) != self.height or image.size(2) != self.width:
+            raise ValueError(
+                "box_panoptic export: this artifact was traced for "
+                + str(self.height)
+                + "x"
+                + str(self.width)
+                + " images, got "
+                + str(image.size(1))
+                + "x"
+                + str(image.size(2))
+            )
+        return self.traced(image)
+
+
+def export_torchscript(model: nn.Module, sample: torch.Tensor) -> torch.jit.ScriptModule:
+    """Trace the whole model on ``sample`` (3, H, W); returns a shape-checked ScriptModule."""
+    wrapper = PanopticExportModule(model)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, (sample,), check_trace=False)
+    return torch.jit.script(_ShapeChecked(traced, int(sample.shape[1]), int(sample.shape[2])))
+
+
+def export_onnx(model: nn.Module, sample: torch.Tensor, path: str, opset: int = 17) -> str:
+    """Export the whole model to ONNX (fixed input size, dynamic detections and segments)."""
+    wrapper = PanopticExportModule(model)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (sample,),
+            path,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["panoptic", "segments", "sem_seg"],
+            dynamic_axes={"segments": {0: "num_segments"}},
+            dynamo=False,
+        )
+    return path

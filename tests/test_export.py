@@ -1,0 +1,88 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Export of the full panoptic output: parity of TorchScript and ONNX Runtime with eager."""
+
+import pytest
+import torch
+
+from box_panoptic.export import ExportError, PanopticExportModule, export_onnx, export_torchscript
+
+from .helpers import SYNTHETIC_CONFIG, get_model
+
+H, W = 96, 128
+
+
+def _model():
+    """Random weights biased so that many detections survive into the panoptic output."""
+    model = get_model(
+        SYNTHETIC_CONFIG,
+        "MODEL.BOX_PANOPTIC.MASK_THRESH",
+        0.2,
+        "MODEL.BOX_PANOPTIC.OVERLAP_THRESH",
+        0.0,
+    ).eval()
+    with torch.no_grad():
+        model.head.box_cls_logits.bias.fill_(3.0)
+        model.head.centerness.bias.fill_(2.0)
+        model.head.bbox_pred.bias.fill_(3.0)  # ~20 px boxes
+        model.sem_seg_head.cls_logits.bias[:3] = 3.0
+    return model
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 255, (3, H, W), dtype=torch.uint8, generator=g)
+    b = torch.zeros(3, H, W, dtype=torch.uint8)
+    b[:, 20:60, 30:90] = 200
+    return a, b
+
+
+def test_torchscript_and_onnx_match_eager():
+    import onnxruntime as ort
+
+    model = _model()
+    wrapper = PanopticExportModule(model)
+    a, b = _inputs()
+    ts = export_torchscript(model, a)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = export_onnx(model, a, f"{d}/m.onnx")
+        sess = ort.InferenceSession(path)
+        counts = []
+        for x in (a, b):  # b differs from the tracing input: nothing data-dependent was baked in
+            with torch.no_grad():
+                pan, table, sem = wrapper(x)
+                tpan, ttable, tsem = ts(x)
+            opan, otable, osem = sess.run(None, {"image": x.numpy()})
+            counts.append(len(table))
+            assert torch.equal(tpan, pan) and torch.equal(torch.from_numpy(opan), pan)
+            torch.testing.assert_close(ttable, table)
+            torch.testing.assert_close(torch.from_numpy(otable), table, atol=1e-4, rtol=1e-4)
+            assert (tsem - sem).abs().max() <= 1e-4 and abs(osem - sem.numpy()).max() <= 1e-4
+            # the exported table is the eager output contract
+            eager = model([{"image": x}])[0]["panoptic_seg"]
+            assert torch.equal(eager[0], pan)
+            assert [s["category_id"] for s in eager[1]] == table[:, 0].long().tolist()
+        assert counts[0] != counts[1] and min(counts) > 3  # dynamic number of segments
+
+
+def test_exported_artifact_refuses_wrong_inputs():
+    model = _model()
+    a, _ = _inputs()
+    ts = export_torchscript(model, a)
+    with pytest.raises(Exception, match=r"expected a \(3, H, W\) image"):
+        ts(torch.zeros(1, 3, H, W, dtype=torch.uint8))
+    with pytest.raises(Exception, match=r"expected a \(3, H, W\) image"):
+        ts(torch.zeros(4, H, W, dtype=torch.uint8))
+    with pytest.raises(Exception, match="traced for 96x128 images, got 64x64"):
+        ts(torch.zeros(3, 64, 64, dtype=torch.uint8))
+
+
+def test_unexportable_models_are_refused():
+    model = _model()
+    with pytest.raises(ExportError, match="eval-mode"):
+        PanopticExportModule(model.train())
+    model.eval()
+    model.benchmark_network_speed = True
+    with pytest.raises(ExportError, match="BENCHMARK_NETWORK_SPEED"):
+        PanopticExportModule(model)
