@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
-"""Eval latency and peak memory of BoxPanoptic beside detectron2's Panoptic FPN R50, same run.
+"""Eval latency and peak memory of BoxPanoptic (eager, TorchScript, ONNX Runtime) beside
+detectron2's Panoptic FPN R50, in one run with the same threads and inputs.
 
     python tools/benchmark.py --sizes 512x1024 1024x2048 --runs 3 --threads 2
 
 Each (model, size) is measured in a fresh subprocess (so peak RSS is its own): one warm-up, then
 ``--runs`` timed runs; medians are printed. BoxPanoptic: the Cityscapes R-50 config with random
-weights, its box classifier biased so that every level yields candidates (the post-processing
-then handles a full 100 detections: the worst case). Network-only = backbone + heads; end-to-end =
-``model(inputs)`` incl. decoding, NMS, mask construction and assembly. Panoptic FPN: detectron2's
-model-zoo ``panoptic_fpn_R_50_1x`` (random weights), end-to-end.
+weights, its box classifier biased so that every level yields candidates (post-processing then
+handles a full 100 detections: the worst case). Network-only = backbone + heads; end-to-end =
+decoding, NMS, mask construction and assembly included. TorchScript and ONNX Runtime run the
+artifacts of box_panoptic.export. Panoptic FPN: detectron2's model-zoo ``panoptic_fpn_R_50_1x``
+(random weights), end-to-end. GFLOPs from fvcore (multiply-add = 1); "of peak" is the
+network's achieved GFLOP/s over a large 3x3 conv's measured GFLOP/s in the same run.
 """
 
 import argparse
@@ -19,13 +22,16 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+MODELS = ["box_panoptic", "box_panoptic_torchscript", "box_panoptic_onnxruntime", "panoptic_fpn"]
 
-def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
+
+def _build(model_name: str):
     import torch
 
     import box_panoptic  # noqa: F401
@@ -37,10 +43,9 @@ def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
 
     from box_panoptic import add_box_panoptic_config
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = get_cfg()
-    if model_name == "box_panoptic":
+    if model_name.startswith("box_panoptic"):
         add_box_panoptic_config(cfg)
         cfg.merge_from_file(
             os.path.join(
@@ -54,34 +59,62 @@ def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
         )
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
-    if model_name == "box_panoptic":
+    if model_name.startswith("box_panoptic"):
         with torch.no_grad():
             model.head.box_cls_logits.bias.fill_(2.0)
+    return model
+
+
+def _runner(model_name: str, model, image, threads: int):
+    if model_name == "box_panoptic_torchscript":
+        from box_panoptic.export import export_torchscript
+
+        ts = export_torchscript(model, image)
+        return lambda: ts(image)
+    if model_name == "box_panoptic_onnxruntime":
+        import onnxruntime as ort
+
+        from box_panoptic.export import export_onnx
+
+        path = export_onnx(model, image, os.path.join(tempfile.mkdtemp(), "m.onnx"))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, opts)
+        return lambda: sess.run(None, {"image": image.numpy()})
+    h, w = image.shape[1:]
+    return lambda: model([{"image": image, "height": h, "width": w}])
+
+
+def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = _build(model_name)
     image = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
-    inputs = [{"image": image, "height": h, "width": w}]
+    run = _runner(model_name, model, image, threads)
     e2e, net = [], []
     with torch.no_grad():
         for i in range(runs + 1):
             t = time.perf_counter()
-            out = model(inputs)
-            dt = time.perf_counter() - t
+            run()
             if i:
-                e2e.append(dt)
+                e2e.append(time.perf_counter() - t)
             if model_name == "box_panoptic":
                 t = time.perf_counter()
-                model.network(model.preprocess_image(inputs))
+                model.network(model.preprocess_image([{"image": image}]))
                 if i:
                     net.append(time.perf_counter() - t)
     res = {
         "model": model_name,
         "size": f"{h}x{w}",
-        "threads": threads,
         "e2e_s": statistics.median(e2e),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if net:
+        from box_panoptic.analysis import network_gflops
+
         res["network_s"] = statistics.median(net)
-        res["detections"] = len(out[0]["instances"])
+        res["gflops"] = network_gflops(model, h, w)
     return res
 
 
@@ -90,7 +123,7 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--models", nargs="+", default=["box_panoptic", "panoptic_fpn"])
+    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -100,44 +133,52 @@ def main(argv=None):
     rows = []
     for size in a.sizes:
         for model in a.models:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    "--worker",
-                    model,
-                    size,
-                    "--runs",
-                    str(a.runs),
-                    "--threads",
-                    str(a.threads),
-                ],
-                capture_output=True,
-                text=True,
-            )
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                model,
+                size,
+                "--runs",
+                str(a.runs),
+                "--threads",
+                str(a.threads),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"benchmark worker {model} {size} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    import torch
+
+    from box_panoptic.analysis import conv_throughput_gflops
+
+    torch.set_num_threads(a.threads)
+    peak = conv_throughput_gflops()
+    print(f"machine: {a.threads} threads, 3x3 conv throughput {peak:.1f} GFLOP/s (multiply-adds)")
     print(
-        f"{'model':<14}{'size':>11}{'network s':>11}{'end-to-end s':>14}{'post/net':>10}"
-        f"{'peak RSS MB':>13}"
+        f"{'model':<26}{'size':>11}{'network s':>11}{'end-to-end s':>14}{'post/e2e':>10}"
+        f"{'peak RSS MB':>13}{'GFLOPs':>8}{'of peak':>9}"
     )
     for r in rows:
-        net = r.get("network_s")
-        post = f"{(r['e2e_s'] - net) / net:.1%}" if net else "-"
+        net, gf = r.get("network_s"), r.get("gflops")
+        post = f"{(r['e2e_s'] - net) / r['e2e_s']:.1%}" if net else "-"
+        frac = f"{gf / net / peak:.0%}" if gf else "-"
         print(
-            f"{r['model']:<14}{r['size']:>11}{(f'{net:.2f}' if net else '-'):>11}"
+            f"{r['model']:<26}{r['size']:>11}{(f'{net:.2f}' if net else '-'):>11}"
             f"{r['e2e_s']:>14.2f}{post:>10}{r['peak_rss_mb']:>13.0f}"
+            f"{(f'{gf:.0f}' if gf else '-'):>8}{frac:>9}"
         )
     for size in a.sizes:
         by = {r["model"]: r for r in rows if r["size"] == size}
-        if {"box_panoptic", "panoptic_fpn"} <= set(by):
-            ratio = by["box_panoptic"]["e2e_s"] / by["panoptic_fpn"]["e2e_s"]
-            mem = by["box_panoptic"]["peak_rss_mb"] / by["panoptic_fpn"]["peak_rss_mb"]
-            print(
-                f"{size}: end-to-end BoxPanoptic / Panoptic FPN = {ratio:.2f}x, "
-                f"peak memory ratio {mem:.2f}x"
-            )
+        ref = by.get("panoptic_fpn")
+        for name, r in by.items():
+            if ref is not None and name != "panoptic_fpn":
+                print(
+                    f"{size}: {name} / panoptic_fpn: end-to-end "
+                    f"{r['e2e_s'] / ref['e2e_s']:.2f}x, peak memory "
+                    f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x"
+                )
+    print("Panoptic-DeepLab: not importable here (detectron2's projects are not packaged)")
 
 
 if __name__ == "__main__":
