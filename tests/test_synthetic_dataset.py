@@ -117,16 +117,30 @@ def test_crowd_and_empty_images_occur(tmp_path):
     )
 
 
-def test_every_fpn_size_range_has_objects(tmp_path):
-    """With the synthetic config's size-of-interest ranges, every level P3-P7 gets positives:
-    an object of max side s has locations with m = max(l*, t*, r*, b*) in [s / 2, s]."""
+@pytest.mark.parametrize("size,levels", [((256, 384), 5), ((128, 192), 3)])
+def test_every_fpn_size_range_has_objects(tmp_path, size, levels):
+    """Every level gets positives: an object of max side s has locations with
+    m = max(l*, t*, r*, b*) in [s / 2, s].
+
+    256x384 (the generator's default) with FCOS's ranges [64, 128, 256, 512] scaled by 1/8:
+    P3-P7. 128x192 (the main job) with the synthetic config's ranges: P3-P5 (P6 and P7 need
+    objects over 64 px, larger than half of these images)."""
     from box_panoptic import add_box_panoptic_config
 
-    cfg = get_cfg()
-    add_box_panoptic_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, "Synthetic", "box_panoptic_R_18_synthetic.yaml"))
-    soi = [0] + list(cfg.MODEL.BOX_PANOPTIC.SIZES_OF_INTEREST) + [float("inf")]
-    generate_synthetic_panoptic(str(tmp_path), "train", SyntheticSpec(num_images=40, seed=5))
+    if size == (256, 384):
+        soi = [8, 16, 32, 64]
+        spec = SyntheticSpec(num_images=40, seed=5)
+    else:
+        cfg = get_cfg()
+        add_box_panoptic_config(cfg)
+        cfg.merge_from_file(
+            os.path.join(CONFIG_DIR, "Synthetic", "box_panoptic_R_18_synthetic.yaml")
+        )
+        soi = list(cfg.MODEL.BOX_PANOPTIC.SIZES_OF_INTEREST)
+        assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == size
+        spec = SyntheticSpec(num_images=40, seed=5, height=128, width=192, min_object_size=8)
+    bounds = [0] + soi + [float("inf")]
+    generate_synthetic_panoptic(str(tmp_path), "train", spec)
     data = _load_json(str(tmp_path), "train")
     cats = {c["id"]: c for c in data["categories"]}
     sides = [
@@ -135,7 +149,7 @@ def test_every_fpn_size_range_has_objects(tmp_path):
         for s in a["segments_info"]
         if cats[s["category_id"]]["isthing"] and not s["iscrowd"]
     ]
-    for lo, hi in zip(soi[:-1], soi[1:]):
+    for lo, hi in list(zip(bounds[:-1], bounds[1:]))[:levels]:
         assert any(s / 2 <= hi and s > lo for s in sides), (lo, hi)
 
 

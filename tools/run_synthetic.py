@@ -60,9 +60,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     start = time.time()
     os.makedirs(a.output_dir, exist_ok=True)
+    size = dict(height=128, width=192, min_object_size=8)  # the config's input size
     specs = {
-        "train": SyntheticSpec(num_images=a.num_train, seed=0),
-        "val": SyntheticSpec(num_images=a.num_val, seed=1),
+        "train": SyntheticSpec(num_images=a.num_train, seed=0, **size),
+        "val": SyntheticSpec(num_images=a.num_val, seed=1, **size),
     }
     ensure_dataset(a.root, specs)
     records = DatasetCatalog.get("synthetic_panoptic_val")

@@ -26,7 +26,7 @@ from .datasets import PanopticDatasetError, rgb2id
 
 __all__ = ["BoxPanopticDatasetMapper", "build_augmentations"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
 
 
 def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:

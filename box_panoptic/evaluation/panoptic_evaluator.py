@@ -15,7 +15,7 @@ from .panoptic_quality import format_class_table, pq_from_files
 
 __all__ = ["PanopticEvaluatorWithTables"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
 
 
 class PanopticEvaluatorWithTables(COCOPanopticEvaluator):
