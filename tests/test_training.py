@@ -179,6 +179,8 @@ def test_resume_continues_at_the_right_iteration(synthetic_root, tmp_path):
         "()",
         "SOLVER.STEPS",
         "(5,)",
+        "SOLVER.BASE_LR",
+        "0.01",
     ]
     first = _train(["SOLVER.MAX_ITER", "4"] + common, env)
     assert first.returncode == 0, first.stderr[-3000:]
