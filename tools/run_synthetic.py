@@ -21,13 +21,15 @@ from dataclasses import asdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import box_panoptic  # noqa: E402,F401  (first: shims + registration)
+
+# isort: split
 import torch  # noqa: E402
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
-import box_panoptic  # noqa: E402,F401  (shims + registration)
 from box_panoptic.data import SyntheticSpec, generate_synthetic_panoptic  # noqa: E402
 from box_panoptic.data.datasets import register_synthetic_panoptic  # noqa: E402
 from box_panoptic.data.synthetic import dataset_paths  # noqa: E402
@@ -69,7 +71,8 @@ def main(argv=None):
     records = DatasetCatalog.get("synthetic_panoptic_val")
     meta = MetadataCatalog.get("synthetic_panoptic_val")
     gt = [draw_ground_truth(r, meta) for r in records[:4]]
-    out = save_grid([gt[:2], gt[2:4]], os.path.join(a.output_dir, "synthetic_ground_truth.png"))
+    rows = [gt[i : i + 2] for i in range(0, len(gt), 2)]
+    out = save_grid(rows, os.path.join(a.output_dir, "synthetic_ground_truth.png"))
     print(f"[synthetic] ground-truth picture: {out}")
 
     from train_net import Trainer, setup
