@@ -56,6 +56,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
     p.add_argument("--output-dir", default="output/synthetic")
+    p.add_argument("--config-file", default=CONFIG, help="e.g. the _weak variant")
     p.add_argument("--num-train", type=int, default=96)
     p.add_argument("--num-val", type=int, default=24)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -78,7 +79,7 @@ def main(argv=None):
     from train_net import Trainer, setup
 
     args = argparse.Namespace(
-        config_file=CONFIG,
+        config_file=a.config_file,
         opts=["OUTPUT_DIR", a.output_dir] + a.opts,
         resume=True,
         eval_only=False,
@@ -90,7 +91,8 @@ def main(argv=None):
     trainer.resume_or_load(resume=True)
     trainer.train()
     model = trainer.model.eval()
-    results = Trainer.test(cfg, model)
+    # the trainer evaluates after its last iteration; evaluate here only when it did not
+    results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, model)
     pq = results["panoptic_seg"]
     summary = {
         "PQ": pq["PQ"],
