@@ -7,6 +7,7 @@ python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_fin
 python train_net.py --config-file ... --resume
 """
 
+import argparse
 import os
 
 import box_panoptic  # noqa: F401  (first: compatibility shims + registration)
@@ -24,6 +25,7 @@ from detectron2.evaluation import (
     CityscapesSemSegEvaluator,
     DatasetEvaluators,
 )
+from detectron2.modeling import build_model
 
 from box_panoptic import add_box_panoptic_config
 from box_panoptic.checkpoint import SafeCheckpointer
@@ -79,6 +81,28 @@ def setup(args):
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
+
+
+def setup_for_tool(config_file: str, opts=()):
+    """:func:`setup` for the tools: one process, no training."""
+    return setup(
+        argparse.Namespace(
+            config_file=config_file,
+            opts=list(opts),
+            resume=False,
+            eval_only=True,
+            num_gpus=1,
+            machine_rank=0,
+        )
+    )
+
+
+def build_eval_model(cfg):
+    """The config's model in eval mode, with MODEL.WEIGHTS loaded when set."""
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        SafeCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model
 
 
 def main(args):

@@ -17,7 +17,7 @@ import box_panoptic  # noqa: E402,F401
 from detectron2.modeling import build_model  # noqa: E402
 
 from box_panoptic.analysis import network_gflops  # noqa: E402
-from train_net import setup  # noqa: E402
+from train_net import setup_for_tool  # noqa: E402
 
 
 def main(argv=None):
@@ -26,16 +26,7 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", default=["1024x2048", "800x1333"])
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     a = p.parse_args(argv)
-    cfg = setup(
-        argparse.Namespace(
-            config_file=a.config_file,
-            opts=["MODEL.DEVICE", "cpu"] + a.opts,
-            resume=False,
-            eval_only=True,
-            num_gpus=1,
-            machine_rank=0,
-        )
-    )
+    cfg = setup_for_tool(a.config_file, ["MODEL.DEVICE", "cpu"] + a.opts)
     model = build_model(cfg).eval()
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     for size in a.sizes:

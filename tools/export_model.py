@@ -22,12 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import box_panoptic  # noqa: E402,F401
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 
 from box_panoptic.export import export_onnx, export_torchscript  # noqa: E402
-from train_net import setup  # noqa: E402
+from train_net import build_eval_model, setup_for_tool  # noqa: E402
 
 
 def main(argv=None):
@@ -41,19 +39,8 @@ def main(argv=None):
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     a = p.parse_args(argv)
-    cfg = setup(
-        argparse.Namespace(
-            config_file=a.config_file,
-            opts=a.opts,
-            resume=False,
-            eval_only=True,
-            num_gpus=1,
-            machine_rank=0,
-        )
-    )
-    model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    cfg = setup_for_tool(a.config_file, a.opts)
+    model = build_eval_model(cfg)
     if a.sample_image:
         sample = torch.as_tensor(read_image(a.sample_image, cfg.INPUT.FORMAT).copy()).permute(
             2, 0, 1

@@ -22,13 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import box_panoptic  # noqa: E402,F401
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import (  # noqa: E402
     DatasetCatalog,
     MetadataCatalog,
     build_detection_test_loader,  # noqa: E402
 )
-from detectron2.modeling import build_model  # noqa: E402
 
 from box_panoptic.data import BoxPanopticDatasetMapper  # noqa: E402
 from box_panoptic.evaluation.sigma_search import (  # noqa: E402
@@ -36,7 +34,7 @@ from box_panoptic.evaluation.sigma_search import (  # noqa: E402
     model_fingerprint,
     sweep,
 )
-from train_net import setup  # noqa: E402
+from train_net import build_eval_model, setup_for_tool  # noqa: E402
 
 
 def main(argv=None):
@@ -52,18 +50,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not a.sigmas or not a.score_threshs:
         sys.exit("sigma_search: the grid is empty (give at least one sigma and score threshold)")
-    cfg = setup(
-        argparse.Namespace(
-            config_file=a.config_file,
-            opts=a.opts,
-            resume=False,
-            eval_only=True,
-            num_gpus=1,
-            machine_rank=0,
-        )
-    )
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    cfg = setup_for_tool(a.config_file, a.opts)
+    model = build_eval_model(cfg)
     name = a.dataset or cfg.DATASETS.TEST[0]
     fingerprint = model_fingerprint(model, cfg.dump())
     if os.path.isfile(a.cache):

@@ -26,7 +26,7 @@ from detectron2.utils.colormap import random_color  # noqa: E402
 from box_panoptic.data import BoxPanopticDatasetMapper  # noqa: E402
 from box_panoptic.modeling.targets import assign_locations  # noqa: E402
 from box_panoptic.visualization import save_grid  # noqa: E402
-from train_net import setup  # noqa: E402
+from train_net import setup_for_tool  # noqa: E402
 
 
 def association_picture(image_rgb: np.ndarray, boxes: torch.Tensor, masks) -> np.ndarray:
@@ -57,16 +57,7 @@ def main(argv=None):
     p.add_argument("--output", default="output/pixel_association.png")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
-    cfg = setup(
-        argparse.Namespace(
-            config_file=a.config_file,
-            eval_only=True,
-            resume=False,
-            num_gpus=1,
-            machine_rank=0,
-            opts=a.opts + ["INPUT.RANDOM_FLIP", "none"],
-        )
-    )
+    cfg = setup_for_tool(a.config_file, a.opts + ["INPUT.RANDOM_FLIP", "none"])
     mapper = BoxPanopticDatasetMapper(cfg, True)
     records = DatasetCatalog.get(a.dataset or cfg.DATASETS.TRAIN[0])
     rows = []

@@ -435,38 +435,30 @@ def generate_synthetic_panoptic(root: str, split: str, spec: SyntheticSpec) -> D
     return paths
 
 
+# SyntheticSpec fields settable from the command line (besides counts and seed)
+CLI_FIELDS = (
+    "height",
+    "width",
+    "num_thing_classes",
+    "num_stuff_classes",
+    "max_instances",
+    "min_object_size",
+    "max_object_size",
+)
+
+
 def main(argv=None) -> None:
     """CLI: ``python -m box_panoptic.data.synthetic --root datasets --num-train 64``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
     p.add_argument("--num-train", type=int, default=SyntheticSpec.num_images)
     p.add_argument("--num-val", type=int, default=SyntheticSpec.num_images)
-    for field in (
-        "height",
-        "width",
-        "num_thing_classes",
-        "num_stuff_classes",
-        "max_instances",
-        "min_object_size",
-        "max_object_size",
-        "seed",
-    ):
+    for field in CLI_FIELDS + ("seed",):
         p.add_argument(
             "--" + field.replace("_", "-"), type=int, default=getattr(SyntheticSpec, field)
         )
     a = p.parse_args(argv)
-    common = {
-        k: getattr(a, k)
-        for k in (
-            "height",
-            "width",
-            "num_thing_classes",
-            "num_stuff_classes",
-            "max_instances",
-            "min_object_size",
-            "max_object_size",
-        )
-    }
+    common = {k: getattr(a, k) for k in CLI_FIELDS}
     for split, n, seed in (("train", a.num_train, a.seed), ("val", a.num_val, a.seed + 1)):
         paths = generate_synthetic_panoptic(a.root, split, SyntheticSpec(n, seed=seed, **common))
         print(f"wrote {n} {split} images: {paths['panoptic_json']}")
