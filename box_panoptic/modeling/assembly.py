@@ -30,8 +30,9 @@ PANOPTIC_ASSEMBLY_REGISTRY.__doc__ = """Panoptic assembly rules: functions with 
 
 def _assign(priority: torch.Tensor, accepted: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """(P, H, W) priority and accepted, (P,) allowed -> (H, W): 0 none, k detection k - 1."""
-    vals = torch.where(accepted & allowed[:, None, None], priority, priority.new_tensor(-1.0))
+    vals = priority.masked_fill(~(accepted & allowed[:, None, None]), -1.0)
     h, w = accepted.shape[-2:]
+    # a "none" channel at -0.5 below every accepted priority (>= 0): argmax 0 means no detection
     vals = torch.cat([vals.new_full((1, h, w), -0.5), vals], dim=0)
     return vals.argmax(dim=0)
 
