@@ -11,6 +11,7 @@ Draws ``Visualizer.draw_panoptic_seg``; ``--levelness`` also saves the levelness
 (the FPN level chosen at each pixel, black = background). An unreadable file is reported by name
 and the rest of the inputs are still processed.
 """
+
 import argparse
 import glob
 import logging
@@ -37,8 +38,10 @@ from box_panoptic import add_box_panoptic_config  # noqa: E402
 logger = logging.getLogger("box_panoptic.demo")
 
 # one colour per levelness channel: background, P3..P7
-LEVEL_COLORS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                         [245, 130, 48]], np.uint8)
+LEVEL_COLORS = np.array(
+    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]],
+    np.uint8,
+)
 
 
 def setup_cfg(args):
@@ -116,8 +119,10 @@ def main(argv=None):
             stem = os.path.splitext(os.path.basename(path))[0]
             cv2.imwrite(os.path.join(args.output, stem + "_panoptic.png"), picture[:, :, ::-1])
             if args.levelness:
-                cv2.imwrite(os.path.join(args.output, stem + "_levelness.png"),
-                            demo.levelness(bgr)[:, :, ::-1])
+                cv2.imwrite(
+                    os.path.join(args.output, stem + "_levelness.png"),
+                    demo.levelness(bgr)[:, :, ::-1],
+                )
             logger.info(f"{path}: done")
     if args.video_input:
         cap = cv2.VideoCapture(args.video_input)
@@ -131,8 +136,12 @@ def main(argv=None):
                 break
             _, picture = demo.run(frame)
             if writer is None:
-                writer = cv2.VideoWriter(args.output, cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                         (picture.shape[1], picture.shape[0]))
+                writer = cv2.VideoWriter(
+                    args.output,
+                    cv2.VideoWriter_fourcc(*"mp4v"),
+                    fps,
+                    (picture.shape[1], picture.shape[0]),
+                )
             writer.write(picture[:, :, ::-1])
         cap.release()
         if writer is not None:
