@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """Training seconds per iteration and peak memory: BoxPanoptic beside detectron2's Panoptic FPN,
-same R-50 FPN backbone (FrozenBN), same batch, same data, same threads, in one run.
+same R-50 FPN backbone (GN, random init), same batch, same data, same threads, in one run.
 
     python tools/benchmark_train.py --height 512 --width 1024 --batch 2 --iters 5 --threads 2
 
@@ -77,6 +77,8 @@ def _measure(name, h, w, batch, iters, threads):
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 6
     cfg.MODEL.DEVICE = "cpu"
+    # random init: FrozenBN diverges at once (INSTALL_NOTES), GN in both backbones trains
+    cfg.MODEL.RESNETS.NORM = "GN"
     model = build_model(cfg).train()
     data = _batch(h, w, batch)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
