@@ -142,7 +142,20 @@ def test_training_reduces_loss(synthetic_root):
     assert sum(totals[-5:]) / 5 < 0.8 * sum(totals[:5]) / 5, totals
 
 
-def _train(args, env):
+def _train(args, root, out_dir):
+    """train_net.py on the synthetic fixture at a tiny size (96 px, batch 2, no test set)."""
+    tiny = [
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "160",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
     return subprocess.run(
         [
             sys.executable,
@@ -150,8 +163,9 @@ def _train(args, env):
             "--config-file",
             SYNTHETIC_CONFIG,
             *args,
+            *tiny,
         ],
-        env=env,
+        env=dict(os.environ, DETECTRON2_DATASETS=root),
         capture_output=True,
         text=True,
         timeout=600,
@@ -159,33 +173,22 @@ def _train(args, env):
 
 
 def test_resume_continues_at_the_right_iteration(synthetic_root, tmp_path):
-    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
     common = [
-        "INPUT.MIN_SIZE_TRAIN",
-        "(96,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "160",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
         "SOLVER.CHECKPOINT_PERIOD",
         "4",
         "SOLVER.WARMUP_ITERS",
         "2",
-        "OUTPUT_DIR",
-        str(tmp_path),
         "TEST.EVAL_PERIOD",
         "0",
-        "DATASETS.TEST",
-        "()",
         "SOLVER.STEPS",
         "(5,)",
         "SOLVER.BASE_LR",
         "0.01",
     ]
-    first = _train(["SOLVER.MAX_ITER", "4"] + common, env)
+    first = _train(["SOLVER.MAX_ITER", "4"] + common, synthetic_root, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert open(tmp_path / "last_checkpoint").read().strip() == "model_final.pth"
-    second = _train(["--resume", "SOLVER.MAX_ITER", "8"] + common, env)
+    second = _train(["--resume", "SOLVER.MAX_ITER", "8"] + common, synthetic_root, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert "Starting training from iteration 4" in log
@@ -199,28 +202,8 @@ def test_resume_continues_at_the_right_iteration(synthetic_root, tmp_path):
 
 
 def test_two_process_gloo_training_on_cpu(synthetic_root, tmp_path):
-    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
-    out = _train(
-        [
-            "--num-gpus",
-            "2",
-            "SOLVER.MAX_ITER",
-            "3",
-            "SOLVER.IMS_PER_BATCH",
-            "2",
-            "INPUT.MIN_SIZE_TRAIN",
-            "(96,)",
-            "INPUT.MAX_SIZE_TRAIN",
-            "160",
-            "OUTPUT_DIR",
-            str(tmp_path),
-            "DATASETS.TEST",
-            "()",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "100",
-        ],
-        env,
-    )
+    args = ["--num-gpus", "2", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    out = _train(args, synthetic_root, tmp_path)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert "World size: 2" in log
@@ -232,27 +215,11 @@ def test_two_process_gloo_training_on_cpu(synthetic_root, tmp_path):
 def test_nan_loss_stops_with_iteration_and_loss_name_keeping_last_checkpoint(
     synthetic_root, tmp_path
 ):
-    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
-    common = [
-        "INPUT.MIN_SIZE_TRAIN",
-        "(96,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "160",
-        "OUTPUT_DIR",
-        str(tmp_path),
-        "DATASETS.TEST",
-        "()",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-    ]
-    first = _train(["SOLVER.MAX_ITER", "2"] + common, env)
+    first = _train(["SOLVER.MAX_ITER", "2"], synthetic_root, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     good = open(tmp_path / "model_final.pth", "rb").read()
-    bad = _train(
-        ["--resume", "SOLVER.MAX_ITER", "5", "MODEL.BOX_PANOPTIC.LOSS_WEIGHT_CLS", "1e999"]
-        + common,
-        env,
-    )
+    args = ["--resume", "SOLVER.MAX_ITER", "5", "MODEL.BOX_PANOPTIC.LOSS_WEIGHT_CLS", "1e999"]
+    bad = _train(args, synthetic_root, tmp_path)
     log = bad.stdout + bad.stderr
     assert bad.returncode != 0
     assert "Loss became infinite or NaN at iteration=2" in log and "loss_cls" in log

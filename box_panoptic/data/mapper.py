@@ -87,18 +87,28 @@ class BoxPanopticDatasetMapper:
             "bad_sample_policy": cfg.INPUT.BAD_SAMPLE_POLICY if is_train else "raise",
         }
 
-    def _read_panoptic(self, d: Dict, shape) -> np.ndarray:
-        path = d["pan_seg_file_name"]
+    @staticmethod
+    def _read_label_png(d: Dict, path: str, kind: str, shape, to_array) -> np.ndarray:
+        """Read a label PNG of the image of ``d``; errors name the image and the PNG."""
         try:
-            ids = rgb2id(np.asarray(Image.open(path).convert("RGB")))
+            arr = to_array(Image.open(path))
         except OSError as e:
             raise PanopticDatasetError(f"image {d['file_name']}: cannot read {path}: {e}") from e
-        if ids.shape != shape:
+        if arr.shape != shape:
             raise PanopticDatasetError(
-                f"image {d['file_name']}: panoptic PNG {path} is {ids.shape[1]}x{ids.shape[0]} but "
+                f"image {d['file_name']}: {kind} PNG {path} is {arr.shape[1]}x{arr.shape[0]} but "
                 f"the image is {shape[1]}x{shape[0]}"
             )
-        return ids
+        return arr
+
+    def _read_panoptic(self, d: Dict, shape) -> np.ndarray:
+        return self._read_label_png(
+            d,
+            d["pan_seg_file_name"],
+            "panoptic",
+            shape,
+            lambda im: rgb2id(np.asarray(im.convert("RGB"))),
+        )
 
     def _read_sem_seg(self, d: Dict, shape) -> np.ndarray:
         path = d.get("sem_seg_file_name")
@@ -106,16 +116,9 @@ class BoxPanopticDatasetMapper:
             raise PanopticDatasetError(
                 f"image {d['file_name']}: weak supervision needs sem_seg_file_name"
             )
-        try:
-            sem = np.asarray(Image.open(path), dtype=np.int64)
-        except OSError as e:
-            raise PanopticDatasetError(f"image {d['file_name']}: cannot read {path}: {e}") from e
-        if sem.shape != shape:
-            raise PanopticDatasetError(
-                f"image {d['file_name']}: semantic PNG {path} is {sem.shape[1]}x{sem.shape[0]} "
-                f"but the image is {shape[1]}x{shape[0]}"
-            )
-        return sem
+        return self._read_label_png(
+            d, path, "semantic", shape, lambda im: np.asarray(im, dtype=np.int64)
+        )
 
     def _check_segments(self, d: Dict, ids: np.ndarray):
         present = set(np.unique(ids).tolist()) - {0}
