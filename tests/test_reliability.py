@@ -201,7 +201,7 @@ def test_bf16_autocast_on_cpu_gives_finite_losses_and_masks(synthetic_root):
     assert torch.isfinite(out["sem_seg"].float()).all()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)  # reproducible in CI
 @given(
     st.integers(0, 6),
     st.integers(0, 2**31 - 1),
