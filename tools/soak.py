@@ -5,9 +5,10 @@ loader on the synthetic dataset, with the memory of the whole process tree sampl
 
     python tools/soak.py --iters 300 --procs 2 --workers 2
 
-Prints the RSS samples (summed over the process tree, so shared pages count once per process), the growth after warm-up (the first quarter of the run), and fails
-(exit 1) when training fails, makes no progress for --hang-seconds, or memory grows by more than
---max-growth after warm-up.
+Prints the RSS samples (summed over the process tree: shared pages count once per process),
+the growth after warm-up (the first quarter of the run), and fails (exit 1) when training
+fails, makes no progress for --hang-seconds, or memory grows by more than --max-growth after
+warm-up.
 """
 
 import argparse
