@@ -17,6 +17,17 @@ CITYSCAPES_CONFIG = os.path.join(
 )
 
 
+# mapper settings that make the training transforms the identity on the 128x192 fixtures
+IDENTITY_TRAIN_TRANSFORM = (
+    "INPUT.RANDOM_FLIP",
+    "none",
+    "INPUT.MIN_SIZE_TRAIN",
+    (128,),
+    "INPUT.MAX_SIZE_TRAIN",
+    192,
+)
+
+
 def get_cfg_from(path, *opts, datasets=False):
     cfg = get_cfg()
     add_box_panoptic_config(cfg)

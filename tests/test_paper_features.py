@@ -20,7 +20,7 @@ from box_panoptic.modeling.mask_construction import (
     soft_masks,
 )
 
-from .helpers import CONFIGS, SYNTHETIC_CONFIG, get_cfg_from, get_model
+from .helpers import CONFIGS, IDENTITY_TRAIN_TRANSFORM, SYNTHETIC_CONFIG, get_cfg_from, get_model
 
 WEAK_CONFIG = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthetic_weak.yaml")
 
@@ -62,15 +62,7 @@ def test_no_levelness_config_runs_end_to_end():
 
 
 def test_weak_mapper_never_reads_instance_masks(synthetic_root):
-    cfg = get_cfg_from(
-        WEAK_CONFIG,
-        "INPUT.RANDOM_FLIP",
-        "none",
-        "INPUT.MIN_SIZE_TRAIN",
-        (128,),
-        "INPUT.MAX_SIZE_TRAIN",
-        192,
-    )  # identity transforms at the fixture's size
+    cfg = get_cfg_from(WEAK_CONFIG, *IDENTITY_TRAIN_TRANSFORM)
     mapper = BoxPanopticDatasetMapper(cfg, True)
     record = DatasetCatalog.get("synthetic_panoptic_train")[0]
     from PIL import Image

@@ -22,7 +22,7 @@ from box_panoptic.data.synthetic import dataset_paths, id2rgb
 from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.mask_construction import location_term
 
-from .helpers import SYNTHETIC_CONFIG, get_cfg_from, get_model
+from .helpers import IDENTITY_TRAIN_TRANSFORM, SYNTHETIC_CONFIG, get_cfg_from, get_model
 
 
 @pytest.fixture
@@ -38,15 +38,7 @@ def record(synthetic_root, tmp_path):
 
 def _mapper(policy="raise", **opts):
     cfg = get_cfg_from(
-        SYNTHETIC_CONFIG,
-        "INPUT.BAD_SAMPLE_POLICY",
-        policy,
-        "INPUT.RANDOM_FLIP",
-        "none",
-        "INPUT.MIN_SIZE_TRAIN",
-        (128,),
-        "INPUT.MAX_SIZE_TRAIN",
-        192,
+        SYNTHETIC_CONFIG, "INPUT.BAD_SAMPLE_POLICY", policy, *IDENTITY_TRAIN_TRANSFORM
     )
     return BoxPanopticDatasetMapper(cfg, True)
 

@@ -76,6 +76,10 @@ class BoxPanopticCriterion(nn.Module):
         )
         h4, w4 = out["levelness"].shape[-2:]
         pts4 = level_locations(h4, w4, 4, device)
+        # pixel indices of the grids' locations (the same for every image of the batch)
+        yi4, xi4 = pts4[:, 1].long(), pts4[:, 0].long()
+        yi = points[:, 1].long().clamp(max=padded[0] - 1)
+        xi = points[:, 0].long().clamp(max=padded[1] - 1)
 
         sem_t = torch.full((n,) + padded, 255, dtype=torch.long, device=device)
         labels, ltrbs, lev_t, crowd_pts = [], [], [], []
@@ -97,12 +101,8 @@ class BoxPanopticCriterion(nn.Module):
                 if crowd is not None
                 else torch.zeros(padded, dtype=torch.bool, device=device)
             )
-            yi4, xi4 = pts4[:, 1].long(), pts4[:, 0].long()
             ignore4 = (sem_t[i, yi4, xi4] == 255) | crowd[yi4, xi4]
             lev_t.append(levelness_targets(pts4, self.ranges, boxes, masks, ignore4))
-            yi, xi = points[:, 1].long().clamp(max=padded[0] - 1), points[:, 0].long().clamp(
-                max=padded[1] - 1
-            )
             crowd_pts.append(crowd[yi, xi] & (lab == self.num_thing_classes))
             labels.append(lab)
             ltrbs.append(ltrb)
