@@ -62,8 +62,7 @@ class PanopticExportModule(nn.Module):
         images = self.model.preprocess_image(inputs)
         out = self.model.network(images)
         cache = self.model.decode(out, inputs, images)[0]
-        sem_seg, masks = self.model.construct(cache)
-        r = self.model.panoptic_tensors(cache, sem_seg, masks)
+        sem_seg, _, r = self.model.panoptic_outputs(cache)
         table = torch.stack(
             [
                 r["segment_category"].float(),

@@ -15,6 +15,7 @@ from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.head import BoxPanopticHead, LevelnessHead, fused_conv3x3
 from box_panoptic.modeling.inference import decode_level, select_detections
 from box_panoptic.modeling.mask_construction import dense_box_map, location_term, soft_masks
+from box_panoptic.modeling.upsampling import dense_candidates
 
 from .helpers import CITYSCAPES_CONFIG, get_cfg_from, get_model
 
@@ -168,9 +169,10 @@ def test_assembly_invariants(fn):
     sem[2, :, :25] += 2
     sem[3, :, 25:] += 2
     r = fn(
-        masks,
+        dense_candidates(masks),
         classes,
         scores,
+        torch.ones(3, dtype=torch.bool),
         sem,
         is_thing,
         mask_thresh=0.4,
@@ -197,9 +199,10 @@ def test_assembly_without_detections_is_all_stuff_or_void():
     sem[0, :, :5] = 5  # a thing class wins here -> void, no instance
     sem[2, :, 5:] = 5
     r = assemble_argmax(
-        torch.zeros(0, 10, 10),
+        dense_candidates(torch.zeros(0, 10, 10)),
         torch.zeros(0, dtype=torch.long),
         torch.zeros(0),
+        torch.zeros(0, dtype=torch.bool),
         sem,
         torch.tensor([True, False, False]),
         mask_thresh=0.4,

@@ -21,6 +21,7 @@ from box_panoptic.data.datasets import load_synthetic_panoptic, synthetic_metada
 from box_panoptic.data.synthetic import dataset_paths, id2rgb
 from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.mask_construction import location_term
+from box_panoptic.modeling.upsampling import dense_candidates
 
 from .helpers import IDENTITY_TRAIN_TRANSFORM, SYNTHETIC_CONFIG, get_cfg_from, get_model
 
@@ -209,7 +210,8 @@ def test_assembly_properties(p, seed, sigma, fn):
     sem = torch.randn(c, h, w, generator=g)
     is_thing = torch.tensor([True, True, False, False, False])
     kw = dict(mask_thresh=sigma, overlap_thresh=0.5, instance_area_min=2, stuff_area_min=5)
-    r = fn(masks, classes, scores, sem, is_thing, **kw)
+    active = torch.ones(p, dtype=torch.bool)
+    r = fn(dense_candidates(masks), classes, scores, active, sem, is_thing, **kw)
     pan = r["panoptic"]
     n = len(r["segment_category"])
     assert set(pan.unique().tolist()) - {0} == set(range(1, n + 1))  # ids <-> segments
@@ -219,5 +221,5 @@ def test_assembly_properties(p, seed, sigma, fn):
         assert bool(is_thing[cat]) == isthing  # things only from thing classes
     inst = r["segment_isthing"]
     assert (r["segment_area"][inst] >= 2).all()
-    again = fn(masks, classes, scores, sem, is_thing, **kw)
+    again = fn(dense_candidates(masks), classes, scores, active, sem, is_thing, **kw)
     assert torch.equal(again["panoptic"], pan)  # deterministic

@@ -13,6 +13,9 @@ Both then drop an instance whose visible area is below ``overlap_thresh`` of its
 or below ``instance_area_min`` pixels, and reassign once. Free pixels take the semantic argmax if
 it is a stuff class (a thing-class argmax with no instance stays void); stuff segments below
 ``stuff_area_min`` pixels become void.
+
+Both read the soft masks as per-pixel candidates (:class:`~.upsampling.Candidates`): the K
+strongest detections of each pixel's window, or every detection (``dense_candidates``).
 """
 
 from typing import Dict
@@ -21,6 +24,8 @@ import torch
 
 from detectron2.utils.registry import Registry
 
+from .upsampling import Candidates
+
 __all__ = ["PANOPTIC_ASSEMBLY_REGISTRY", "assemble_panoptic", "assemble_argmax", "assemble_paste"]
 
 PANOPTIC_ASSEMBLY_REGISTRY = Registry("PANOPTIC_ASSEMBLY")
@@ -28,13 +33,18 @@ PANOPTIC_ASSEMBLY_REGISTRY.__doc__ = """Panoptic assembly rules: functions with 
 :func:`assemble_panoptic` minus ``priority``, returning its dict."""
 
 
-def _assign(priority: torch.Tensor, accepted: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """(P, H, W) priority and accepted, (P,) allowed -> (H, W): 0 none, k detection k - 1."""
-    vals = priority.masked_fill(~(accepted & allowed[:, None, None]), -1.0)
-    h, w = accepted.shape[-2:]
-    # a "none" channel at -0.5 below every accepted priority (>= 0): argmax 0 means no detection
-    vals = torch.cat([vals.new_full((1, h, w), -0.5), vals], dim=0)
-    return vals.argmax(dim=0)
+def _assign(priority: torch.Tensor, accepted: torch.Tensor, candidates: Candidates):
+    """(K, H, W) priority and accepted -> (H, W) detection id (0 none, j + 1): the accepted
+    candidate of highest priority (the first on ties)."""
+    # max(dim).indices: the first maximum, like argmax, at a third of argmax's CPU time
+    best, slot = priority.masked_fill(~accepted, -1.0).max(dim=0)
+    ids = candidates.window_ids[slot, candidates.rows[:, None], candidates.cols[None, :]]
+    return torch.where(best >= 0, ids, torch.zeros_like(ids))
+
+
+def _padded(flags: torch.Tensor) -> torch.Tensor:
+    """(P,) per-detection flags -> (1 + P,) indexable by candidate id (id 0, none, is False)."""
+    return torch.cat([flags.new_zeros(1), flags])
 
 
 def _counts(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -48,10 +58,11 @@ def _counts(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def assemble_panoptic(
+    candidates: Candidates,
     priority: torch.Tensor,
-    mask_probs: torch.Tensor,
     det_classes: torch.Tensor,
     det_scores: torch.Tensor,
+    det_active: torch.Tensor,
     sem_seg: torch.Tensor,
     is_thing_class: torch.Tensor,
     mask_thresh: float,
@@ -62,9 +73,12 @@ def assemble_panoptic(
     """Combine detections, their soft masks and the semantic prediction into a panoptic map.
 
     Args:
-        priority: (P, H, W) per-pixel priority of each detection (S_j or its score).
-        mask_probs: (P, H, W) soft masks S_j at output resolution.
+        candidates: per output pixel, K candidate detections and their soft masks S_j
+            (:func:`~box_panoptic.modeling.upsampling.sample_candidates`, or all P detections
+            with :func:`~box_panoptic.modeling.upsampling.dense_candidates`).
+        priority: (K, H, W) per-pixel priority of each candidate (S_j or its score).
         det_classes: (P,) semantic class index of each detection. det_scores: (P,).
+        det_active: (P,) bool, the detections that may form segments (score >= tau).
         sem_seg: (C, H, W) semantic logits or probabilities.
         is_thing_class: (C,) bool.
         mask_thresh: sigma; a pixel accepts detection j when S_j >= sigma.
@@ -73,19 +87,24 @@ def assemble_panoptic(
         "segment_category" (S,), "segment_isthing" (S,) bool, "segment_score" (S,) (0 for stuff),
         "segment_area" (S,).
     """
-    c = sem_seg.shape[0]
-    accepted = mask_probs >= mask_thresh
-    accepted_area = accepted.flatten(1).sum(1)
-    slots = torch.cat([det_scores.new_zeros(1), det_scores])  # 1 + P counting slots
-    allowed = accepted_area > 0
-    inst = _assign(priority, accepted, allowed)
+    slots = torch.cat([det_scores.new_zeros(1), det_scores])  # 1 + P counting slots: 0 = none
+    accepted = candidates.values >= mask_thresh
+    accepted_area = _counts(candidates.ids_at(*accepted.nonzero(as_tuple=True)), slots)[1:]
+    allowed = det_active & (accepted_area > 0)
+
+    def winners(allowed: torch.Tensor) -> torch.Tensor:
+        usable = accepted & candidates.per_pixel(_padded(allowed)[candidates.window_ids])
+        return _assign(priority, usable, candidates)
+
+    inst = winners(allowed)
     visible = _counts(inst, slots)[1:]
     allowed = allowed & (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
-    inst = _assign(priority, accepted, allowed)
+    inst = winners(allowed)  # pixels of dropped instances go to the next accepted candidate
     visible = _counts(inst, slots)[1:]
     keep = allowed & (visible > 0)
 
-    sem = sem_seg.argmax(dim=0)
+    c = sem_seg.shape[0]
+    sem = sem_seg.max(dim=0)[1]
     free_stuff = (inst == 0) & ~is_thing_class[sem]
     stuff_label = torch.where(free_stuff, sem, torch.full_like(sem, c))
     stuff_area = _counts(stuff_label, torch.cat([is_thing_class, is_thing_class[:1]]))[:c]
@@ -114,17 +133,15 @@ def assemble_panoptic(
 
 
 @PANOPTIC_ASSEMBLY_REGISTRY.register()
-def assemble_argmax(mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs):
+def assemble_argmax(candidates: Candidates, *args, **kwargs) -> Dict[str, torch.Tensor]:
     """Each pixel to the detection with the highest accepted S_j."""
-    return assemble_panoptic(
-        mask_probs, mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs
-    )
+    return assemble_panoptic(candidates, candidates.values, *args, **kwargs)
 
 
 @PANOPTIC_ASSEMBLY_REGISTRY.register()
-def assemble_paste(mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs):
+def assemble_paste(
+    candidates: Candidates, det_classes, det_scores, *args, **kwargs
+) -> Dict[str, torch.Tensor]:
     """Each pixel to the highest-scoring detection that accepts it."""
-    priority = det_scores.view(-1, 1, 1).expand_as(mask_probs)
-    return assemble_panoptic(
-        priority, mask_probs, det_classes, det_scores, sem_seg, is_thing_class, **kwargs
-    )
+    priority = candidates.per_pixel(_padded(det_scores)[candidates.window_ids])
+    return assemble_panoptic(candidates, priority, det_classes, det_scores, *args, **kwargs)

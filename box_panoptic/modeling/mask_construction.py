@@ -16,7 +16,6 @@ __all__ = [
     "dense_box_map",
     "location_term",
     "soft_masks",
-    "upsample_masks",
 ]
 
 
@@ -69,6 +68,15 @@ def location_term(query: torch.Tensor, dense: torch.Tensor, mode: str = "giou_pl
     Returns:
         (P, M).
     """
+    if mode not in ("giou_plus1", "iou"):
+        raise ValueError(f"location_term: unknown mode {mode!r} (giou_plus1 or iou)")
+    if torch.is_grad_enabled() and (query.requires_grad or dense.requires_grad):
+        return _location_term_autograd(query, dense, mode)
+    return _location_term_inplace(query, dense, mode)
+
+
+def _location_term_autograd(query: torch.Tensor, dense: torch.Tensor, mode: str):
+    """The readable form, for training (the mask loss backpropagates through it)."""
     q = query[:, None, :]
     d = dense[None, :, :]
     area_q = (q[..., 2] - q[..., 0]) * (q[..., 3] - q[..., 1])
@@ -79,12 +87,37 @@ def location_term(query: torch.Tensor, dense: torch.Tensor, mode: str = "giou_pl
     union = area_q + area_d - inter
     if mode == "iou":
         return inter / union.clamp(min=1e-7)
-    if mode != "giou_plus1":
-        raise ValueError(f"location_term: unknown mode {mode!r} (giou_plus1 or iou)")
     cw = torch.maximum(q[..., 2], d[..., 2]) - torch.minimum(q[..., 0], d[..., 0])
     ch = torch.maximum(q[..., 3], d[..., 3]) - torch.minimum(q[..., 1], d[..., 1])
     enclose = cw * ch + 1e-7
     return (inter + 1) / (union + 1) - (enclose - union) / enclose
+
+
+def _location_term_inplace(query: torch.Tensor, dense: torch.Tensor, mode: str):
+    """The same values in place, a third of the (P, M) temporaries (inference: the term is
+    evaluated for every detection at every stride-4 cell). The enclosing extent is
+    w_q + w_d - (min of right edges - max of left edges)."""
+    qx1, qy1, qx2, qy2 = query.t()[:, :, None]  # (P, 1) each
+    dx1, dy1, dx2, dy2 = dense.t()[:, None, :]  # (1, M) each
+
+    def overlap_and_extent(a1, a2, b1, b2):
+        overlap = torch.minimum(a2, b2)
+        overlap -= torch.maximum(a1, b1)
+        extent = torch.add(a2 - a1, b2 - b1)
+        extent -= overlap
+        return overlap.clamp_(min=0), extent
+
+    iw, cw = overlap_and_extent(qx1, qx2, dx1, dx2)
+    ih, ch = overlap_and_extent(qy1, qy2, dy1, dy2)
+    inter = iw.mul_(ih)
+    union = torch.add((qx2 - qx1) * (qy2 - qy1), (dx2 - dx1) * (dy2 - dy1))
+    union -= inter
+    if mode == "iou":
+        return inter.div_(union.clamp_(min=1e-7))
+    enclose = cw.mul_(ch).add_(1e-7)
+    # (I + 1) / (U + 1) - (C - U) / C  ==  (I + 1) / (U + 1) - 1 + U / C
+    out = inter.add_(1).div_(union + 1).sub_(1)
+    return out.add_(union.div_(enclose))
 
 
 def soft_masks(
@@ -112,29 +145,3 @@ def soft_masks(
         loc = torch.stack([location_term(query, f, mode) for f in flat]).amax(dim=0)
     psem = sem_prob.reshape(sem_prob.shape[0], -1)[sem_class]
     return (loc * psem).reshape(-1, h, w)
-
-
-def upsample_masks(
-    masks: torch.Tensor,
-    padded_size: Tuple[int, int],
-    image_size: Tuple[int, int],
-    output_size: Tuple[int, int],
-) -> torch.Tensor:
-    """Soft masks from the stride-4 grid to the output resolution (step 6, before thresholding).
-
-    Bilinear to the padded input size, crop to the unpadded image, then bilinear to the output
-    size when the image was resized for the network (identity otherwise).
-
-    Args:
-        masks: (P, h, w). padded_size, image_size, output_size: (H, W) each.
-    Returns:
-        (P, H_out, W_out).
-    """
-    # one spare channel keeps the batch non-empty without a data-dependent branch (traceable)
-    spare = masks.new_zeros((1,) + tuple(masks.shape[1:]))
-    up = torch.cat([masks, spare])[None]
-    up = F.interpolate(up, size=padded_size, mode="bilinear", align_corners=False)
-    up = up[:, :, : image_size[0], : image_size[1]]
-    if tuple(image_size) != tuple(output_size):
-        up = F.interpolate(up, size=output_size, mode="bilinear", align_corners=False)
-    return up[0, :-1]

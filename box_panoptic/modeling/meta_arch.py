@@ -17,15 +17,10 @@ from detectron2.structures import Boxes, ImageList, Instances
 from .assembly import PANOPTIC_ASSEMBLY_REGISTRY
 from .head import build_box_panoptic_head, build_levelness_head
 from .inference import decode_detections
-from .mask_construction import (
-    boxes_from_ltrb,
-    dense_box_map,
-    resized_level_regressions,
-    soft_masks,
-    upsample_masks,
-)
+from .mask_construction import boxes_from_ltrb, dense_box_map, resized_level_regressions, soft_masks
+from .upsampling import Candidates, OutputGrid, output_grid, sample_candidates
 
-__all__ = ["BoxPanoptic", "check_classes_against_metadata", "segments_info"]
+__all__ = ["BoxPanoptic", "check_classes_against_metadata", "instance_masks", "segments_info"]
 
 
 def check_classes_against_metadata(cfg) -> None:
@@ -93,6 +88,8 @@ class BoxPanoptic(nn.Module):
         overlap_thresh: float = 0.5,
         instance_area_min: int = 0,
         stuff_area_min: int = 2048,
+        assembly_candidates: int = 4,
+        channels_last: bool = True,
         benchmark_network_speed: bool = False,
     ):
         """
@@ -112,6 +109,10 @@ class BoxPanoptic(nn.Module):
             raise ValueError(f"BoxPanoptic: input_format must be BGR or RGB, got {input_format!r}")
         if assembly not in PANOPTIC_ASSEMBLY_REGISTRY:
             raise ValueError(f"BoxPanoptic: unknown assembly {assembly!r}")
+        if int(assembly_candidates) < 1:
+            raise ValueError(
+                f"BoxPanoptic: assembly_candidates must be >= 1, got {assembly_candidates}"
+            )
         self.backbone = backbone
         self.head = head
         self.sem_seg_head = sem_seg_head
@@ -138,6 +139,8 @@ class BoxPanoptic(nn.Module):
         self.overlap_thresh          = overlap_thresh
         self.instance_area_min       = instance_area_min
         self.stuff_area_min          = stuff_area_min
+        self.assembly_candidates     = int(assembly_candidates)
+        self.channels_last           = channels_last
         self.benchmark_network_speed = benchmark_network_speed
         # fmt: on
 
@@ -186,6 +189,8 @@ class BoxPanoptic(nn.Module):
             "overlap_thresh": bp.OVERLAP_THRESH,
             "instance_area_min": bp.INSTANCE_AREA_MIN,
             "stuff_area_min": bp.STUFF_AREA_MIN,
+            "assembly_candidates": bp.ASSEMBLY_CANDIDATES,
+            "channels_last": bp.CHANNELS_LAST,
             "benchmark_network_speed": bp.BENCHMARK_NETWORK_SPEED,
         }
 
@@ -219,7 +224,10 @@ class BoxPanoptic(nn.Module):
     def network(self, images: ImageList) -> Dict:
         """Backbone + heads. Returns the head's per-level dict plus "sem_seg" (N, C, H/8, W/8)
         and "levelness" (N, L + 1, H/4, W/4) logits."""
-        features = self.backbone(images.tensor)
+        x = images.tensor
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(x)
         out = self.head([features[f] for f in self.in_features])
         out["sem_seg"] = self.sem_seg_head(out["cls_feats"])
         out["levelness"] = self.levelness_head(out["bbox_feats"])
@@ -289,14 +297,15 @@ class BoxPanoptic(nn.Module):
             )
         return caches
 
-    def construct(self, cache: Dict) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Semantic logits (C, H, W) and soft masks S_j (D, H, W) at output resolution."""
+    def construct(self, cache: Dict) -> Tuple[torch.Tensor, torch.Tensor, OutputGrid]:
+        """Semantic logits (C, H, W) at output resolution, soft masks S_j (D, h4, w4) on the
+        stride-4 grid (steps 4-5) and where the output pixels fall on that grid (step 6)."""
         padded, image_size, output_size = (
             cache["padded_size"],
             cache["image_size"],
             cache["output_size"],
         )
-        sem8 = cache["sem_seg_stride8"][None]
+        sem8 = cache["sem_seg_stride8"][None].contiguous()  # NCHW resizes faster on CPU
         h4, w4 = cache["dense"].shape[-2:]
         sem_prob4 = F.interpolate(sem8, size=(h4, w4), mode="bilinear", align_corners=False)
         sem_full = F.interpolate(sem8, size=padded, mode="bilinear", align_corners=False)[0]
@@ -308,34 +317,58 @@ class BoxPanoptic(nn.Module):
             sem_prob4[0].softmax(dim=0),
             self.location_term,
         )
-        return sem_seg, upsample_masks(masks4, padded, image_size, output_size)
+        grid = output_grid((h4, w4), padded, image_size, output_size, masks4.device)
+        return sem_seg, masks4, grid
+
+    def candidates(
+        self, cache: Dict, masks4: torch.Tensor, grid: OutputGrid, mask_thresh: float, tau: float
+    ) -> Candidates:
+        """Each output pixel's candidate detections (step 6), those scoring >= tau first."""
+        if not mask_thresh > 0:
+            raise ValueError(f"BoxPanoptic: mask_thresh (sigma) must be > 0, got {mask_thresh}")
+        return sample_candidates(
+            masks4, grid, self.assembly_candidates, mask_thresh, cache["scores"] >= tau
+        )
 
     def panoptic_tensors(
         self,
         cache: Dict,
         sem_seg: torch.Tensor,
-        masks: torch.Tensor,
-        mask_thresh: Optional[float] = None,
-        det_score_thresh: Optional[float] = None,
+        candidates: Candidates,
+        mask_thresh: float,
+        det_score_thresh: float,
     ) -> Dict[str, torch.Tensor]:
         """Assembly of one image as tensors (see :func:`assemble_panoptic`)."""
-        sigma = self.mask_thresh if mask_thresh is None else mask_thresh
-        tau = self.det_score_thresh if det_score_thresh is None else det_score_thresh
         is_thing = torch.zeros(sem_seg.shape[0], dtype=torch.bool, device=sem_seg.device)
         is_thing[self.thing_semantic_ids] = True
-        keep = cache["scores"] >= tau
         fn: Callable = PANOPTIC_ASSEMBLY_REGISTRY.get(self.assembly)
         return fn(
-            masks[keep],
-            cache["classes"][keep],
-            cache["scores"][keep],
+            candidates,
+            cache["classes"],
+            cache["scores"],
+            cache["scores"] >= det_score_thresh,
             sem_seg,
             is_thing,
-            mask_thresh=sigma,
+            mask_thresh=mask_thresh,
             overlap_thresh=self.overlap_thresh,
             instance_area_min=self.instance_area_min,
             stuff_area_min=self.stuff_area_min,
         )
+
+    def panoptic_outputs(
+        self,
+        cache: Dict,
+        mask_thresh: Optional[float] = None,
+        det_score_thresh: Optional[float] = None,
+    ) -> Tuple[torch.Tensor, Candidates, Dict[str, torch.Tensor]]:
+        """Steps 4-7 of one decoded image: semantic logits (C, H, W), the per-pixel candidates
+        and the assembly's tensors. ``mask_thresh`` (sigma) and ``det_score_thresh`` default to
+        the model's settings."""
+        sigma = self.mask_thresh if mask_thresh is None else mask_thresh
+        tau = self.det_score_thresh if det_score_thresh is None else det_score_thresh
+        sem_seg, masks4, grid = self.construct(cache)
+        candidates = self.candidates(cache, masks4, grid, sigma, tau)
+        return sem_seg, candidates, self.panoptic_tensors(cache, sem_seg, candidates, sigma, tau)
 
     def postprocess(
         self,
@@ -347,8 +380,8 @@ class BoxPanoptic(nn.Module):
         into detectron2's output contract. ``mask_thresh`` (sigma) and ``det_score_thresh``
         default to the model's settings."""
         sigma = self.mask_thresh if mask_thresh is None else mask_thresh
+        sem_seg, candidates, r = self.panoptic_outputs(cache, sigma, det_score_thresh)
         image_size, (oh, ow) = cache["image_size"], cache["output_size"]
-        sem_seg, masks = self.construct(cache)
         out_boxes = Boxes(cache["boxes"].clone())
         out_boxes.scale(ow / image_size[1], oh / image_size[0])
         out_boxes.clip((oh, ow))
@@ -357,14 +390,22 @@ class BoxPanoptic(nn.Module):
             pred_boxes=out_boxes,
             scores=cache["scores"],
             pred_classes=cache["classes"],
-            pred_masks=masks >= sigma,
+            pred_masks=instance_masks(candidates, sigma, len(cache["scores"])),
         )
-        r = self.panoptic_tensors(cache, sem_seg, masks, sigma, det_score_thresh)
         return {
             "sem_seg": sem_seg,
             "instances": instances,
             "panoptic_seg": (r["panoptic"], segments_info(r)),
         }
+
+
+def instance_masks(candidates: Candidates, sigma: float, num: int) -> torch.Tensor:
+    """(num, H, W) bool: each detection's accepted pixels (S_j >= sigma, overlaps allowed)."""
+    h, w = candidates.values.shape[-2:]
+    k, y, x = candidates.accepted(sigma)
+    masks = torch.zeros((num + 1, h, w), dtype=torch.bool, device=candidates.values.device)
+    masks[candidates.ids_at(k, y, x), y, x] = True
+    return masks[1:]
 
 
 def segments_info(r: Dict[str, torch.Tensor]) -> List[Dict]:

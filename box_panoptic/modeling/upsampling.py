@@ -1,0 +1,175 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Soft masks from the stride-4 grid to output pixels (METHOD.md section 4, step 6), without a
+full-resolution float mask per detection.
+
+Bilinear resampling is separable and each output pixel reads a 2 x 2 window of grid cells, so a
+detection can be accepted at a pixel (S_j >= sigma) only if it reaches sigma somewhere in that
+window. :func:`sample_candidates` therefore keeps, per window, the K detections with the highest
+window maximum and evaluates only those at full resolution: (K, H, W) instead of (P, H, W). With
+K >= the number of detections reaching sigma in every window this is exactly the dense
+upsampling followed by thresholding; beyond that, the K strongest per window are kept.
+
+Coordinates follow ``F.interpolate(mode="bilinear", align_corners=False)``: the stride-4 grid
+covers the padded input, the output covers the unpadded image, resized to the output size in
+the same step (one resampling, not two).
+"""
+
+from typing import NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Taps",
+    "OutputGrid",
+    "bilinear_taps",
+    "output_grid",
+    "resample",
+    "Candidates",
+    "dense_candidates",
+    "sample_candidates",
+]
+
+
+class Taps(NamedTuple):
+    """One axis of a bilinear resampling: output position i reads cells ``lo[i]`` and ``hi[i]``
+    with weights ``w_lo[i]`` and ``w_hi[i]``. lo, hi: (n_out,) long; w_lo, w_hi: (n_out,)."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    w_lo: torch.Tensor
+    w_hi: torch.Tensor
+
+
+class OutputGrid(NamedTuple):
+    """Rows and columns of the output pixels on the stride-4 grid."""
+
+    y: Taps
+    x: Taps
+
+
+def bilinear_taps(n_out: int, n_in: int, scale: float, device=None) -> Taps:
+    """Taps of ``F.interpolate``'s bilinear rule (align_corners=False) for ``n_out`` outputs read
+    from ``n_in`` cells, ``scale`` input cells per output position: source position
+    scale * (i + 0.5) - 0.5, clamped at 0; the upper neighbour clamped at n_in - 1."""
+    i = torch.arange(n_out, device=device, dtype=torch.float32)
+    src = ((i + 0.5) * scale - 0.5).clamp(min=0)  # float32, as F.interpolate computes it
+    lo = src.long().clamp(max=n_in - 1)
+    hi = torch.where(lo < n_in - 1, lo + 1, lo)
+    w_hi = (src - lo.float()).clamp(0, 1)
+    return Taps(lo, hi, 1 - w_hi, w_hi)
+
+
+def output_grid(
+    grid_size: Tuple[int, int],
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    device=None,
+) -> OutputGrid:
+    """Where the output pixels fall on the (h4, w4) grid that covers the padded input.
+
+    Without a test-time resize (output == image size) this is ``F.interpolate`` from the grid to
+    the padded size, cropped to the image; otherwise the same map scaled to the output size.
+    """
+    axes = []
+    for n_grid, n_pad, n_img, n_out in zip(grid_size, padded_size, image_size, output_size):
+        scale = n_grid / n_pad if n_img == n_out else (n_grid / n_pad) * (n_img / n_out)
+        axes.append(bilinear_taps(int(n_out), int(n_grid), scale, device))
+    return OutputGrid(*axes)
+
+
+def _blend(lo: torch.Tensor, hi: torch.Tensor, taps: Taps, dim: int) -> torch.Tensor:
+    """w_lo * lo + w_hi * hi, the weights laid along ``dim``."""
+    shape = [1] * lo.dim()
+    shape[dim] = -1
+    return lo * taps.w_lo.view(shape) + hi * taps.w_hi.view(shape)
+
+
+def _along(values: torch.Tensor, dim: int, taps: Taps) -> torch.Tensor:
+    """Resample ``values`` along ``dim`` with ``taps``."""
+    return _blend(values.index_select(dim, taps.lo), values.index_select(dim, taps.hi), taps, dim)
+
+
+def resample(values: torch.Tensor, grid: OutputGrid) -> torch.Tensor:
+    """(..., h4, w4) -> (..., H, W) bilinear resampling onto the output pixels (columns first,
+    as ``F.interpolate`` does)."""
+    return _along(_along(values, -1, grid.x), -2, grid.y)
+
+
+class Candidates(NamedTuple):
+    """Per output pixel, K candidate detections and their upsampled soft mask values.
+
+    window_ids: (K, h, w) long, j + 1 for detection j and 0 for an empty slot, per window of
+    the grid; rows: (H,) and cols: (W,) long, each output pixel's window; values: (K, H, W),
+    the candidates' S_j at each pixel, -1 for an empty slot (never accepted)."""
+
+    window_ids: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+
+    def per_pixel(self, window_table: torch.Tensor) -> torch.Tensor:
+        """(K, h, w) per-window entries -> (K, H, W) per-pixel entries."""
+        return window_table.index_select(1, self.rows).index_select(2, self.cols)
+
+    def ids_at(self, k: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Detection ids (0 or j + 1) of candidate slots ``k`` at pixels (``y``, ``x``)."""
+        return self.window_ids[k, self.rows[y], self.cols[x]]
+
+    def accepted(self, sigma: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(slot, y, x) of every accepted candidate (S_j >= sigma), each (N,)."""
+        return (self.values >= sigma).nonzero(as_tuple=True)
+
+
+def dense_candidates(masks: torch.Tensor) -> Candidates:
+    """Every detection at every pixel: (P, H, W) full-resolution soft masks as candidates (the
+    reference path; plus one empty slot, so that P = 0 works)."""
+    p, h, w = masks.shape
+    values = torch.cat([masks, masks.new_full((1, h, w), -1.0)])
+    ids = torch.arange(1, p + 2, device=masks.device).view(p + 1, 1, 1) % (p + 1)
+    rows, cols = torch.arange(h, device=masks.device), torch.arange(w, device=masks.device)
+    return Candidates(ids.expand(values.shape), rows, cols, values)
+
+
+def sample_candidates(
+    masks4: torch.Tensor,
+    grid: OutputGrid,
+    k: int,
+    sigma: float,
+    rank_first: torch.Tensor,
+) -> Candidates:
+    """The K detections per 2 x 2 window with the highest window maximum, resampled at each
+    output pixel.
+
+    Args:
+        masks4: (P, h4, w4) soft masks S_j on the stride-4 grid.
+        grid: the output pixels on that grid (:func:`output_grid`).
+        k: candidates kept per window (a constant: the cost and the exported graph follow it).
+        sigma: acceptance threshold; a detection below it in the whole window is no candidate.
+        rank_first: (P,) bool, detections that take the slots before the others (those the
+            panoptic assembly uses).
+    Returns:
+        :class:`Candidates`.
+    """
+    h, w = masks4.shape[-2:]
+    # k empty planes in front keep top-k valid for any P (and no P in the traced graph)
+    planes = torch.cat([masks4.new_full((k, h, w), -1.0), masks4])
+    window = F.pad(planes[None], (0, 1, 0, 1), mode="replicate")[0]  # (P + k, h + 1, w + 1)
+    cols = torch.maximum(window[:, :, :-1], window[:, :, 1:])
+    window_max = torch.maximum(cols[:, :-1], cols[:, 1:])  # over cells {a, a+1} x {b, b+1}
+    reaches = window_max >= sigma
+    first = torch.cat([rank_first.new_zeros(k), rank_first]).view(-1, 1, 1)
+    key = window_max + reaches * (2.0 + 2.0 * first)  # reaching and ranked first, then reaching
+    ids = key.topk(k, dim=0).indices  # (k, h, w)
+    ids = torch.where(reaches.gather(0, ids), ids, torch.zeros_like(ids))  # 0: an empty plane
+    # the window's four corners for each candidate, then columns and rows resampled
+    c00, c01, c10, c11 = (
+        window[:, dy : dy + h, dx : dx + w].gather(0, ids).index_select(2, grid.x.lo)
+        for dy in (0, 1)
+        for dx in (0, 1)
+    )
+    top, bottom = _blend(c00, c01, grid.x, 2), _blend(c10, c11, grid.x, 2)
+    values = _blend(top.index_select(1, grid.y.lo), bottom.index_select(1, grid.y.lo), grid.y, 1)
+    det = (ids - (k - 1)).clamp(min=0)  # empty planes -> 0, detection j -> j + 1
+    return Candidates(det, grid.y.lo, grid.x.lo, values)

@@ -1,0 +1,158 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""The per-pixel candidate path (upsampling.sample_candidates) against the dense reference: every
+detection's soft mask bilinearly upsampled to full resolution (F.interpolate), thresholded and
+assembled. Equal outputs while no window holds more than K detections reaching sigma."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
+from box_panoptic.modeling.mask_construction import location_term
+from box_panoptic.modeling.meta_arch import instance_masks
+from box_panoptic.modeling.upsampling import (
+    dense_candidates,
+    output_grid,
+    resample,
+    sample_candidates,
+)
+
+from .helpers import SYNTHETIC_CONFIG, get_model
+
+IS_THING = torch.tensor([True, True, True, False, False])
+KW = dict(overlap_thresh=0.5, instance_area_min=3, stuff_area_min=6)
+
+
+def _reference_masks(masks4, padded, image_size):
+    """METHOD step 6 as written: upsample to the padded size, crop to the image."""
+    up = F.interpolate(masks4[None], size=padded, mode="bilinear", align_corners=False)[0]
+    return up[:, : image_size[0], : image_size[1]]
+
+
+def _blobs(p, h, w, seed):
+    """(P, h, w) soft masks: Gaussian blobs (peaks in (0.3, 1)) plus noise in [0, 0.2)."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    cy, cx = torch.rand(p, 1, 1, generator=g) * h, torch.rand(p, 1, 1, generator=g) * w
+    r = 1.5 + torch.rand(p, 1, 1, generator=g) * 4
+    peak = 0.3 + 0.7 * torch.rand(p, 1, 1, generator=g)
+    blob = peak * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * r**2))
+    return blob + 0.2 * torch.rand(p, h, w, generator=g)
+
+
+def test_resample_equals_interpolate_then_crop():
+    x = torch.randn(3, 9, 13)
+    grid = output_grid((9, 13), (36, 52), (33, 50), (33, 50))
+    assert torch.allclose(resample(x, grid), _reference_masks(x, (36, 52), (33, 50)), atol=1e-6)
+    # a test-time resize: one bilinear step from the grid straight to the output pixels, the
+    # output pixel centre (y + 0.5) * image / output on the image, over 4 on the grid
+    image, out = (33, 50), (20, 70)
+    ys = ((torch.arange(out[0]) + 0.5) * image[0] / out[0] / 4 - 0.5).clamp(min=0)
+    xs = ((torch.arange(out[1]) + 0.5) * image[1] / out[1] / 4 - 0.5).clamp(min=0)
+    gy, gx = torch.meshgrid((2 * ys + 1) / 9 - 1, (2 * xs + 1) / 13 - 1, indexing="ij")
+    sampling = torch.stack([gx, gy], dim=-1)[None]
+    expect = F.grid_sample(x[None], sampling, align_corners=False, padding_mode="border")[0]
+    got = resample(x, output_grid((9, 13), (36, 52), image, out))
+    assert got.shape == (3, 20, 70) and torch.allclose(got, expect, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [assemble_argmax, assemble_paste])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_candidates_equal_dense_reference_when_k_covers_every_window(fn, seed):
+    p, h4, w4, sigma = 7, 10, 14, 0.35
+    masks4 = _blobs(p, h4, w4, seed)
+    padded, image = (40, 56), (37, 53)
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 3, (p,), generator=g)
+    scores = torch.rand(p, generator=g)
+    active = scores >= 0.2
+    sem = torch.randn(5, *image, generator=g)
+    grid = output_grid((h4, w4), padded, image, image)
+    fast = sample_candidates(masks4, grid, p, sigma, active)
+    dense = _reference_masks(masks4, padded, image)
+    ref = dense_candidates(dense)
+    r = fn(fast, classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW)
+    e = fn(ref, classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW)
+    assert len(e["segment_category"]) > 3 and e["segment_isthing"].sum() >= 2
+    for key in e:
+        assert torch.equal(r[key], e[key]), key
+    assert torch.equal(instance_masks(fast, sigma, p), dense >= sigma)
+
+
+def test_fewer_candidates_are_exact_while_few_detections_reach_sigma():
+    # three blobs far apart, each window reached by at most one: K = 1 is already exact
+    h4, w4, sigma = 12, 12, 0.5
+    masks4 = torch.zeros(3, h4, w4)
+    masks4[0, 1:3, 1:3] = 0.9
+    masks4[1, 8:11, 2:4] = 0.8
+    masks4[2, 5:7, 8:11] = 0.7
+    grid = output_grid((h4, w4), (48, 48), (48, 48), (48, 48))
+    active = torch.ones(3, dtype=torch.bool)
+    dense = _reference_masks(masks4, (48, 48), (48, 48))
+    one = sample_candidates(masks4, grid, 1, sigma, active)
+    assert torch.equal(instance_masks(one, sigma, 3), dense >= sigma)
+    ids = one.per_pixel(one.window_ids)
+    assert ids.shape == (1, 48, 48) and set(ids.unique().tolist()) == {0, 1, 2, 3}
+
+
+def test_active_detections_take_the_slots_first():
+    # two detections reach sigma in the same window; K = 1 keeps the active one
+    masks4 = torch.full((2, 4, 4), 0.9)
+    masks4[1] = 0.95
+    grid = output_grid((4, 4), (16, 16), (16, 16), (16, 16))
+    c = sample_candidates(masks4, grid, 1, 0.5, torch.tensor([True, False]))
+    assert (c.window_ids == 1).all() and torch.allclose(c.values, torch.full_like(c.values, 0.9))
+
+
+@pytest.mark.parametrize("mode", ["giou_plus1", "iou"])
+def test_inplace_location_term_equals_the_autograd_form(mode):
+    g = torch.Generator().manual_seed(3)
+    q = torch.rand(6, 2, generator=g) * 50
+    q = torch.cat([q, q + torch.rand(6, 2, generator=g) * 40], 1)
+    d = torch.rand(300, 2, generator=g) * 50
+    d = torch.cat([d, d + torch.rand(300, 2, generator=g) * 40], 1)
+    d[:5, 2:] = d[:5, :2]  # degenerate dense boxes
+    fast = location_term(q, d, mode)
+    slow = location_term(q.clone().requires_grad_(), d, mode).detach()
+    assert torch.allclose(fast, slow, atol=1e-6) and fast.min() > -1 and fast.max() <= 1 + 1e-6
+
+
+def test_model_outputs_equal_the_dense_reference_and_channels_last_changes_little():
+    """The model's whole post-processing against full-resolution masks of every detection."""
+    model = get_model(SYNTHETIC_CONFIG).eval()
+    with torch.no_grad():
+        model.head.box_cls_logits.bias.fill_(3.0)
+        model.head.centerness.bias.fill_(3.0)
+        model.head.bbox_pred.weight.zero_()  # every dense box 40 px wide: smooth soft masks
+        model.head.bbox_pred.bias.fill_(math.log(20.0))
+    image = torch.randint(0, 255, (3, 96, 130), dtype=torch.uint8)
+    inputs = [{"image": image}]
+    sigma, tau = 0.1, 0.0  # random weights: semantic probabilities near 1 / 6
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        out = model.network(images)
+        cache = model.decode(out, inputs, images)[0]
+        # query boxes copied from the dense box map: each one's soft mask peaks around its cell
+        g = torch.Generator().manual_seed(0)
+        h4, w4 = cache["dense"].shape[-2:]
+        ys, xs = torch.randint(0, h4, (12,), generator=g), torch.randint(0, w4, (12,), generator=g)
+        cache["boxes"] = cache["dense"][:, ys, xs].t().contiguous()
+        cache["scores"], cache["classes"] = cache["scores"][:12], cache["classes"][:12]
+        sem_seg, masks4, _ = model.construct(cache)
+        p = len(cache["scores"])
+        model.assembly_candidates = p  # every detection a candidate: exact
+        _, cand, fast = model.panoptic_outputs(cache, sigma, tau)
+        dense = _reference_masks(masks4, cache["padded_size"], cache["image_size"])
+        ref = model.panoptic_tensors(cache, sem_seg, dense_candidates(dense), sigma, tau)
+        model.channels_last = False
+        plain = model.network(images)
+    reach = (dense >= sigma).sum(dim=0)
+    assert p == 12 and (reach > 0).float().mean() > 0.05 and (reach > 1).any()
+    assert fast["segment_isthing"].sum() >= 2
+    for key in ref:
+        assert torch.equal(fast[key], ref[key]), key
+    assert torch.equal(instance_masks(cand, sigma, p), dense >= sigma)
+    for key in ("sem_seg", "levelness"):
+        torch.testing.assert_close(out[key], plain[key], atol=1e-4, rtol=1e-4)
