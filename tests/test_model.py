@@ -39,16 +39,33 @@ def test_head_shapes_at_cityscapes_resolution():
     assert sum(p.numel() for p in lev.parameters()) == 6 * 1280 * 9 + 6
 
 
-def test_fused_conv_equals_concat_conv():
+@pytest.mark.parametrize("channels,outputs", [(3, 4), (40, 3)])  # (40, 3): mix, then resize
+def test_fused_conv_equals_concat_conv(channels, outputs):
     torch.manual_seed(0)
-    feats = [torch.randn(2, 3, 8, 10), torch.randn(2, 3, 4, 5), torch.randn(2, 3, 2, 3)]
-    conv = torch.nn.Conv2d(9, 4, 3, padding=1)
+    sizes = [(16, 20), (8, 10), (4, 5), (2, 3)]
+    feats = [torch.randn(2, channels, *s) for s in sizes]
+    conv = torch.nn.Conv2d(4 * channels, outputs, 3, padding=1)
     cat = torch.cat(
         [F.interpolate(f, size=(16, 20), mode="bilinear", align_corners=False) for f in feats],
         dim=1,
     )
     torch.testing.assert_close(
         fused_conv3x3(conv, feats, (16, 20)), conv(cat), atol=1e-5, rtol=1e-5
+    )
+    # the levelness head's case: every level resized (x2 and more)
+    torch.testing.assert_close(
+        fused_conv3x3(conv, feats, (32, 40)),
+        conv(
+            torch.cat(
+                [
+                    F.interpolate(f, size=(32, 40), mode="bilinear", align_corners=False)
+                    for f in feats
+                ],
+                dim=1,
+            )
+        ),
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 

@@ -174,6 +174,9 @@ def fused_conv3x3(conv: nn.Conv2d, feats: List[torch.Tensor], size: Tuple[int, i
     matching weight slices, so each level is resized, convolved and added in turn; the
     (N, L * C, H, W) tensor is never built. Equal to the released head's concat + conv.
 
+    A level with more channels than 9 x the outputs (the levelness head: 256 in, 6 out) is not
+    resized at all: :func:`_resized_then_conv3x3` mixes its channels first.
+
     Args:
         conv: Conv2d with in_channels = sum of the feats' channels, padding 1.
         feats: L tensors (N, C_l, H_l, W_l).
@@ -185,12 +188,44 @@ def fused_conv3x3(conv: nn.Conv2d, feats: List[torch.Tensor], size: Tuple[int, i
     start = 0
     for f in feats:
         c = f.shape[1]
-        if tuple(f.shape[-2:]) != tuple(size):
+        weight = conv.weight[:, start : start + c]
+        if tuple(f.shape[-2:]) == tuple(size):
+            y = F.conv2d(f, weight, None, 1, 1)
+        elif 9 * weight.shape[0] < c:
+            y = _resized_then_conv3x3(f, weight, size)
+        else:
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-        y = F.conv2d(f, conv.weight[:, start : start + c], None, conv.stride, conv.padding)
+            y = F.conv2d(f, weight, None, 1, 1)
         out = y if out is None else out + y
         start += c
     return out + conv.bias.view(1, -1, 1, 1)
+
+
+def _resized_then_conv3x3(f: torch.Tensor, weight: torch.Tensor, size: Tuple[int, int]):
+    """conv3x3(bilinear_resize(f, size), weight), padding 1, with the resize on O x 9 channels
+    instead of C.
+
+    A 3x3 convolution is a sum over its nine taps of a 1x1 convolution shifted by the tap's
+    offset. A 1x1 convolution mixes channels only and the bilinear resize acts on each channel
+    alone, so the two commute: mix (N, C, h, w) into the 9 O tap maps at the input resolution,
+    resize those, then add them shifted (zeros outside, like the padding).
+
+    Args:
+        f: (N, C, h, w). weight: (O, C, 3, 3). size: output (H, W).
+    Returns:
+        (N, O, H, W).
+    """
+    o = weight.shape[0]
+    taps = weight.permute(2, 3, 0, 1).reshape(9 * o, -1, 1, 1)  # tap t = 3 ky + kx, then o
+    g = F.interpolate(F.conv2d(f, taps), size=size, mode="bilinear", align_corners=False)
+    g = F.pad(g, (1, 1, 1, 1))
+    h, w = size
+    out = None
+    for t in range(9):
+        ky, kx = divmod(t, 3)
+        y = g[:, t * o : (t + 1) * o, ky : ky + h, kx : kx + w]
+        out = y if out is None else out + y
+    return out
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
