@@ -215,8 +215,8 @@ def _resized_then_conv3x3(f: torch.Tensor, weight: torch.Tensor, size: Tuple[int
     Returns:
         (N, O, H, W).
     """
-    o = weight.shape[0]
-    taps = weight.permute(2, 3, 0, 1).reshape(9 * o, -1, 1, 1)  # tap t = 3 ky + kx, then o
+    o, c = int(weight.shape[0]), int(weight.shape[1])  # static: exporters need the kernel shape
+    taps = weight.permute(2, 3, 0, 1).reshape(9 * o, c, 1, 1)  # tap t = 3 ky + kx, then o
     g = F.interpolate(F.conv2d(f, taps), size=size, mode="bilinear", align_corners=False)
     g = F.pad(g, (1, 1, 1, 1))
     h, w = size

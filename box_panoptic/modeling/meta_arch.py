@@ -309,7 +309,10 @@ class BoxPanoptic(nn.Module):
         h4, w4 = cache["dense"].shape[-2:]
         sem_prob4 = F.interpolate(sem8, size=(h4, w4), mode="bilinear", align_corners=False)
         sem_full = F.interpolate(sem8, size=padded, mode="bilinear", align_corners=False)[0]
-        sem_seg = sem_seg_postprocess(sem_full, image_size, *output_size)
+        if tuple(image_size) == tuple(output_size):  # sem_seg_postprocess would resize anyway
+            sem_seg = sem_full[:, : image_size[0], : image_size[1]].contiguous()
+        else:
+            sem_seg = sem_seg_postprocess(sem_full, image_size, *output_size)
         masks4 = soft_masks(
             cache["boxes"],
             cache["classes"],

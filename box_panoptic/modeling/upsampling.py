@@ -80,10 +80,13 @@ def output_grid(
 
 
 def _blend(lo: torch.Tensor, hi: torch.Tensor, taps: Taps, dim: int) -> torch.Tensor:
-    """w_lo * lo + w_hi * hi, the weights laid along ``dim``."""
+    """w_lo * lo + w_hi * hi, the weights laid along ``dim``; in place in ``lo`` and ``hi``
+    (fresh tensors at every call site) unless autograd records."""
     shape = [1] * lo.dim()
     shape[dim] = -1
-    return lo * taps.w_lo.view(shape) + hi * taps.w_hi.view(shape)
+    if torch.is_grad_enabled() and (lo.requires_grad or hi.requires_grad):
+        return lo * taps.w_lo.view(shape) + hi * taps.w_hi.view(shape)
+    return lo.mul_(taps.w_lo.view(shape)).add_(hi.mul_(taps.w_hi.view(shape)))
 
 
 def _along(values: torch.Tensor, dim: int, taps: Taps) -> torch.Tensor:
