@@ -6,6 +6,9 @@ come out: the panoptic id map, the segment table and the semantic logits. It tra
 ``torch.jit.trace`` and exports to ONNX. What is fixed at export time: the image size (the
 padding and every resize are recorded for it), the batch size (1), the thresholds and the
 class layout; the number of detections and of segments stays dynamic.
+
+A saved TorchScript artifact calls torchvision's ``nms``: ``import torchvision`` before
+``torch.jit.load``.
 """
 
 from typing import Tuple

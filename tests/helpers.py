@@ -2,6 +2,7 @@
 """Small CPU models built from the project's configs, for tests."""
 
 import os
+import sys
 
 import torch
 
@@ -10,7 +11,8 @@ from detectron2.modeling import build_model
 
 from box_panoptic import add_box_panoptic_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
 SYNTHETIC_CONFIG = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthetic.yaml")
 CITYSCAPES_CONFIG = os.path.join(
     CONFIGS, "Cityscapes-PanopticSegmentation", "box_panoptic_R_50_FPN.yaml"
@@ -42,3 +44,29 @@ def get_cfg_from(path, *opts, datasets=False):
 def get_model(path=SYNTHETIC_CONFIG, *opts, seed=0):
     torch.manual_seed(seed)
     return build_model(get_cfg_from(path, *opts))
+
+
+def train_net_command(args, root, out_dir):
+    """(argv, env) of train_net.py on the synthetic fixture at ``root``, at a tiny size (96 px,
+    batch 2, no test set), writing to ``out_dir``."""
+    tiny = [
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "160",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train_net.py"),
+        "--config-file",
+        SYNTHETIC_CONFIG,
+        *args,
+        *tiny,
+    ]
+    return cmd, dict(os.environ, DETECTRON2_DATASETS=str(root))

@@ -3,9 +3,7 @@
 
 import json
 import math
-import os
 import subprocess
-import sys
 
 import torch
 
@@ -21,9 +19,7 @@ from box_panoptic.modeling.targets import (
     size_ranges,
 )
 
-from .helpers import SYNTHETIC_CONFIG, get_cfg_from, get_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import SYNTHETIC_CONFIG, get_cfg_from, get_model, train_net_command
 
 
 def test_assignment_mask_aware_smallest_box_and_ranges():
@@ -144,32 +140,8 @@ def test_training_reduces_loss(synthetic_root):
 
 def _train(args, root, out_dir):
     """train_net.py on the synthetic fixture at a tiny size (96 px, batch 2, no test set)."""
-    tiny = [
-        "INPUT.MIN_SIZE_TRAIN",
-        "(96,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "160",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "DATASETS.TEST",
-        "()",
-        "OUTPUT_DIR",
-        str(out_dir),
-    ]
-    return subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "train_net.py"),
-            "--config-file",
-            SYNTHETIC_CONFIG,
-            *args,
-            *tiny,
-        ],
-        env=dict(os.environ, DETECTRON2_DATASETS=root),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    cmd, env = train_net_command(args, root, out_dir)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_resume_continues_at_the_right_iteration(synthetic_root, tmp_path):

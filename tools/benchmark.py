@@ -82,33 +82,51 @@ def _worst_case(model) -> None:
         model.head.bbox_pred.bias.fill_(math.log(128.0))
 
 
-def _runner(model_name: str, model, image, threads: int):
-    if model_name == "box_panoptic_torchscript":
-        from box_panoptic.export import export_torchscript
+def _export(model_name: str, h: int, w: int, path: str) -> None:
+    """Write the TorchScript or ONNX artifact (run in its own process: the measuring process
+    then only loads it, as a deployment would, and its peak memory holds no tracing)."""
+    import torch
 
-        ts = export_torchscript(model, image)
-        return lambda: ts(image)
+    from box_panoptic.export import export_onnx, export_torchscript
+
+    model = _build(model_name)
+    image = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
+    if model_name == "box_panoptic_torchscript":
+        torch.jit.save(export_torchscript(model, image), path)
+    else:
+        export_onnx(model, image, path)
+
+
+def _runner(model_name: str, image, threads: int):
+    if model_name in ("box_panoptic_torchscript", "box_panoptic_onnxruntime"):
+        path = os.path.join(tempfile.mkdtemp(), "model")
+        h, w = image.shape[1:]
+        cmd = [sys.executable, os.path.abspath(__file__), "--export", model_name, f"{h}x{w}", path]
+        subprocess.run(cmd, check=True, capture_output=True)
+    if model_name == "box_panoptic_torchscript":
+        import torch
+        import torchvision  # noqa: F401  (registers the nms op the artifact calls)
+
+        ts = torch.jit.load(path)
+        return None, lambda: ts(image)
     if model_name == "box_panoptic_onnxruntime":
         import onnxruntime as ort
 
-        from box_panoptic.export import export_onnx
-
-        path = export_onnx(model, image, os.path.join(tempfile.mkdtemp(), "m.onnx"))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(path, opts)
-        return lambda: sess.run(None, {"image": image.numpy()})
+        return None, lambda: sess.run(None, {"image": image.numpy()})
+    model = _build(model_name)
     h, w = image.shape[1:]
-    return lambda: model([{"image": image, "height": h, "width": w}])
+    return model, lambda: model([{"image": image, "height": h, "width": w}])
 
 
 def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    model = _build(model_name)
     image = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
-    run = _runner(model_name, model, image, threads)
+    model, run = _runner(model_name, image, threads)
     e2e, net = [], []
     with torch.no_grad():
         for i in range(runs + 1):
@@ -142,7 +160,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
+    p.add_argument("--export", nargs=3, metavar=("MODEL", "SIZE", "PATH"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.export:
+        h, w = map(int, a.export[1].split("x"))
+        _export(a.export[0], h, w, a.export[2])
+        return
     if a.worker:
         h, w = map(int, a.worker[1].split("x"))
         print(json.dumps(_measure(a.worker[0], h, w, a.runs, a.threads)))

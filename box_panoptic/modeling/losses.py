@@ -6,7 +6,7 @@ from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+from fvcore.nn import giou_loss, sigmoid_focal_loss
 from torch import nn
 
 from detectron2.utils import comm
@@ -122,7 +122,7 @@ class BoxPanopticCriterion(nn.Module):
         valid = ~crowd_pts  # crowd regions: ignored, not negatives
         onehot = F.one_hot(labels, self.num_thing_classes + 1)[..., :-1].to(cls_logits.dtype)
         loss_cls = (
-            sigmoid_focal_loss_jit(
+            sigmoid_focal_loss(  # eager: the scripted variant rounds its first calls differently
                 cls_logits[valid],
                 onehot[valid],
                 alpha=self.focal_alpha,
