@@ -223,3 +223,74 @@ def test_assembly_properties(p, seed, sigma, fn):
     assert (r["segment_area"][inst] >= 2).all()
     again = fn(dense_candidates(masks), classes, scores, active, sem, is_thing, **kw)
     assert torch.equal(again["panoptic"], pan)  # deterministic
+
+
+def _write_scene(record, h, w, thing_box=None):
+    """Replace ``record``'s image and panoptic PNG by an h x w scene: stuff everywhere and,
+    optionally, one thing instance in ``thing_box`` (y0, y1, x0, x1)."""
+    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(record["file_name"])
+    ids = np.full((h, w), 4001)
+    segs = [{"id": 4001, "category_id": 3, "iscrowd": 0, "isthing": False}]
+    if thing_box:
+        y0, y1, x0, x1 = thing_box
+        ids[y0:y1, x0:x1] = 1001
+        segs.append({"id": 1001, "category_id": 0, "iscrowd": 0, "isthing": True})
+    Image.fromarray(id2rgb(ids)).save(record["pan_seg_file_name"])
+    return dict(record, height=h, width=w, segments_info=segs)
+
+
+@pytest.mark.parametrize("h,w,box", [(1, 1, None), (20, 4000, (2, 18, 100, 400))])
+def test_one_pixel_and_4000x20_images_train_and_infer(record, h, w, box):
+    from detectron2.utils.events import EventStorage
+
+    d = _mapper()(_write_scene(record, h, w, box))
+    assert (d["sem_seg"] == 3).sum() > 0
+    # the instance is kept exactly when some of its pixels survive the resize to 192 px wide
+    assert len(d["instances"]) == int(bool((d["sem_seg"] == 0).any()))
+    model = get_model().train()
+    with EventStorage():
+        losses = model([d])
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": torch.full((3, h, w), 90, dtype=torch.uint8)}])[0]
+    pan, segs = out["panoptic_seg"]
+    assert pan.shape == (h, w) and out["sem_seg"].shape[-2:] == (h, w)
+    assert set(pan.unique().tolist()) - {0} == {s["id"] for s in segs}
+
+
+def test_json_segment_missing_from_png_is_named(record):
+    r = _write_scene(record, 128, 192)
+    r["segments_info"].append({"id": 2002, "category_id": 1, "iscrowd": 0, "isthing": True})
+    with pytest.raises(PanopticDatasetError, match=r"lists segment id 2002 .*not contain"):
+        _mapper()(r)
+
+
+def test_unknown_category_id_is_named(synthetic_root, tmp_path):
+    import json
+
+    shutil.copytree(
+        os.path.join(synthetic_root, "synthetic_panoptic"), tmp_path / "synthetic_panoptic"
+    )
+    paths = dataset_paths(str(tmp_path), "val")
+    gt = json.load(open(paths["panoptic_json"]))
+    seg = gt["annotations"][2]["segments_info"][0]
+    seg["category_id"] = 999
+    json.dump(gt, open(paths["panoptic_json"], "w"))
+    with pytest.raises(PanopticDatasetError, match=rf"segment {seg['id']} .*unknown category 999"):
+        load_synthetic_panoptic(paths, synthetic_metadata(paths["panoptic_json"]))
+
+
+def test_zero_width_and_zero_height_boxes_are_dropped_in_weak_supervision(record):
+    cfg = get_cfg_from(
+        SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.WEAK_SUPERVISION", True, *IDENTITY_TRAIN_TRANSFORM
+    )
+    segs = [dict(s) for s in record["segments_info"]]
+    flat = [s for s in segs if s["isthing"] and not s["iscrowd"]]
+    assert len(flat) >= 2
+    extra = dict(flat[0], id=77, bbox=[10, 10, 30, 0])  # zero height
+    flat[0]["bbox"] = [10, 10, 0, 30]  # zero width
+    d = BoxPanopticDatasetMapper(cfg, True)(dict(record, segments_info=segs + [extra]))
+    boxes = d["instances"].gt_boxes.tensor
+    assert len(boxes) == len(flat) - 1
+    assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()

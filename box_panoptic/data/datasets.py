@@ -116,6 +116,23 @@ def synthetic_metadata(panoptic_json: str) -> Dict:
     }
 
 
+def _load_coco_format(json_path: str, load, thing_map: Dict, stuff_map: Dict):
+    """Run ``load()`` (detectron2's COCO-panoptic loader); its KeyError on a category id that
+    the metadata lacks becomes an error naming the JSON, the segment and the category."""
+    try:
+        return load()
+    except KeyError as e:
+        known = set(thing_map) | set(stuff_map)
+        for ann in _read_json(json_path).get("annotations", []):
+            for seg in ann.get("segments_info", []):
+                if seg.get("category_id") not in known:
+                    raise PanopticDatasetError(
+                        f"{json_path}: segment {seg.get('id')} of {ann.get('file_name')} has "
+                        f"unknown category {seg.get('category_id')} (known: {sorted(known)})"
+                    ) from e
+        raise
+
+
 def load_synthetic_panoptic(paths: Dict[str, str], meta: Dict, check_pixels: bool = True):
     """Load a synthetic split as detectron2 dicts, validating every file (and PNG ids)."""
     if not os.path.isfile(paths["panoptic_json"]):
@@ -123,8 +140,13 @@ def load_synthetic_panoptic(paths: Dict[str, str], meta: Dict, check_pixels: boo
             f"{paths['panoptic_json']} does not exist: generate the synthetic dataset with "
             "`python -m box_panoptic.data.synthetic --root $DETECTRON2_DATASETS`"
         )
-    records = load_coco_panoptic_json(
-        paths["panoptic_json"], paths["image_root"], paths["panoptic_root"], meta
+    records = _load_coco_format(
+        paths["panoptic_json"],
+        lambda: load_coco_panoptic_json(
+            paths["panoptic_json"], paths["image_root"], paths["panoptic_root"], meta
+        ),
+        meta["thing_dataset_id_to_contiguous_id"],
+        meta["stuff_dataset_id_to_contiguous_id"],
     )
     for r in records:
         name = os.path.splitext(os.path.basename(r["pan_seg_file_name"]))[0]
@@ -241,7 +263,12 @@ def _wrap_coco(name: str, orig_loader):
             if not os.path.exists(path):
                 raise PanopticDatasetError(f"{name}: {path} does not exist")
         try:
-            records = orig_loader()
+            records = _load_coco_format(
+                meta.panoptic_json,
+                orig_loader,
+                meta.thing_dataset_id_to_contiguous_id,
+                meta.stuff_dataset_id_to_contiguous_id,
+            )
         except AssertionError as e:  # d2 0.6 asserts that the first record's files exist
             raise PanopticDatasetError(f"{name}: file {e} does not exist") from e
         for r in records:

@@ -121,12 +121,19 @@ class BoxPanopticDatasetMapper:
         )
 
     def _check_segments(self, d: Dict, ids: np.ndarray):
+        """PNG ids and JSON segments must agree both ways (before any crop)."""
         present = set(np.unique(ids).tolist()) - {0}
         known = {s["id"] for s in d["segments_info"]}
         if present - known:
             raise PanopticDatasetError(
                 f"image {d['file_name']}: panoptic PNG {d['pan_seg_file_name']} holds segment id "
                 f"{sorted(present - known)[0]} missing from segments_info"
+            )
+        if known - present:
+            raise PanopticDatasetError(
+                f"image {d['file_name']}: segments_info lists segment id "
+                f"{sorted(known - present)[0]} that the panoptic PNG {d['pan_seg_file_name']} "
+                "does not contain"
             )
 
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:

@@ -34,6 +34,23 @@ class PanopticEvaluatorWithTables(COCOPanopticEvaluator):
         if not output_dir:
             raise ValueError("PanopticEvaluatorWithTables needs an output_dir")
 
+    def _result_files(self):
+        """The files whose presence says an evaluation completed (written last, atomically)."""
+        return [
+            os.path.join(self._output_dir, "panoptic_predictions", "predictions.json"),
+            os.path.join(self._output_dir, "panoptic_per_class.json"),
+            os.path.join(self._output_dir, "panoptic_per_class.csv"),
+        ]
+
+    def reset(self):
+        """A new evaluation: the previous one's results go first, so that an evaluation
+        interrupted from here on never leaves files that look complete."""
+        super().reset()
+        if comm.is_main_process():
+            for path in self._result_files():
+                if os.path.exists(path):
+                    os.remove(path)
+
     def evaluate(self):
         comm.synchronize()
         predictions = list(itertools.chain(*comm.gather(self._predictions)))
@@ -50,10 +67,8 @@ class PanopticEvaluatorWithTables(COCOPanopticEvaluator):
             gt = json.load(f)
         gt["annotations"] = annotations
         pred_json = os.path.join(pred_dir, "predictions.json")
-        tmp = pred_json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(gt, f)
-        os.replace(tmp, pred_json)  # a complete file or none (interrupted runs never look done)
+        # a complete file or none (interrupted runs never look done)
+        _write_atomic(pred_json, lambda f: json.dump(gt, f))
 
         result = pq_from_files(
             self._metadata.panoptic_json, pred_json, self._metadata.panoptic_root, pred_dir
@@ -82,18 +97,28 @@ class PanopticEvaluatorWithTables(COCOPanopticEvaluator):
             }
             for c, v in result["per_class"].items()
         ]
-        with open(os.path.join(self._output_dir, "panoptic_per_class.json"), "w") as f:
-            json.dump(
-                {
-                    "per_class": rows,
-                    "All": result["All"],
-                    "Things": result["Things"],
-                    "Stuff": result["Stuff"],
-                },
-                f,
-                indent=1,
-            )
-        with open(os.path.join(self._output_dir, "panoptic_per_class.csv"), "w", newline="") as f:
+        summary = {
+            "per_class": rows,
+            "All": result["All"],
+            "Things": result["Things"],
+            "Stuff": result["Stuff"],
+        }
+        _write_atomic(
+            os.path.join(self._output_dir, "panoptic_per_class.json"),
+            lambda f: json.dump(summary, f, indent=1),
+        )
+
+        def write_csv(f):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+
+        _write_atomic(os.path.join(self._output_dir, "panoptic_per_class.csv"), write_csv)
+
+
+def _write_atomic(path: str, write) -> None:
+    """Write a text file under a temporary name, then rename it: complete or absent."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        write(f)
+    os.replace(tmp, path)
