@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.mask_construction import location_term
@@ -156,3 +158,45 @@ def test_model_outputs_equal_the_dense_reference_and_channels_last_changes_littl
     assert torch.equal(instance_masks(cand, sigma, p), dense >= sigma)
     for key in ("sem_seg", "levelness"):
         torch.testing.assert_close(out[key], plain[key], atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)  # reproducible in CI
+@given(
+    st.integers(0, 6),
+    st.integers(1, 4),
+    st.integers(0, 2**31 - 1),
+    st.floats(0.05, 0.9),
+    st.sampled_from([assemble_argmax, assemble_paste]),
+)
+def test_candidate_assembly_properties_hold_for_any_k(p, k, seed, sigma, fn):
+    """With K below the detections per window (approximate), the output stays a valid panoptic
+    map: ids <-> segments, no empty segment, things only from thing classes, deterministic."""
+    g = torch.Generator().manual_seed(seed)
+    masks4 = torch.rand(p, 6, 8, generator=g) ** 2
+    grid = output_grid((6, 8), (24, 32), (22, 29), (22, 29))
+    active = torch.rand(p, generator=g) > 0.3
+    classes = torch.randint(0, 3, (p,), generator=g)
+    scores = torch.rand(p, generator=g)
+    sem = torch.randn(5, 22, 29, generator=g)
+    cand = sample_candidates(masks4, grid, k, sigma, active)
+    kw = dict(mask_thresh=sigma, overlap_thresh=0.5, instance_area_min=2, stuff_area_min=5)
+    r = fn(cand, classes, scores, active, sem, IS_THING, **kw)
+    pan = r["panoptic"]
+    n = len(r["segment_category"])
+    assert set(pan.unique().tolist()) - {0} == set(range(1, n + 1))
+    areas = torch.bincount(pan.reshape(-1).long(), minlength=n + 1)[1:]
+    assert torch.equal(areas, r["segment_area"]) and (areas > 0).all()
+    for cat, isthing in zip(r["segment_category"].tolist(), r["segment_isthing"].tolist()):
+        assert bool(IS_THING[cat]) == isthing
+    thing_scores = r["segment_score"][r["segment_isthing"]]
+    assert set(thing_scores.tolist()) <= set(scores[active].tolist())  # only active detections
+    again = fn(
+        sample_candidates(masks4, grid, k, sigma, active),
+        classes,
+        scores,
+        active,
+        sem,
+        IS_THING,
+        **kw,
+    )
+    assert all(torch.equal(again[key], r[key]) for key in r)
