@@ -86,3 +86,47 @@ def test_unexportable_models_are_refused():
     model.benchmark_network_speed = True
     with pytest.raises(ExportError, match="BENCHMARK_NETWORK_SPEED"):
         PanopticExportModule(model)
+
+
+def test_export_tool_writes_a_loadable_frozen_torchscript_artifact(tmp_path):
+    """tools/export_model.py with saved weights: the artifact, loaded back, equals eager."""
+    import importlib.util
+    import os
+
+    import torchvision  # noqa: F401  (the artifact calls torchvision's nms)
+
+    model = _model()
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(root, "tools", "export_model.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(
+        [
+            "--config-file",
+            SYNTHETIC_CONFIG,
+            "--height",
+            str(H),
+            "--width",
+            str(W),
+            "--output",
+            str(tmp_path / "out"),
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(tmp_path / "m.pth"),
+            "MODEL.BOX_PANOPTIC.MASK_THRESH",
+            "0.2",
+            "MODEL.BOX_PANOPTIC.OVERLAP_THRESH",
+            "0.0",
+        ]
+    )
+    loaded = torch.jit.load(str(tmp_path / "out" / "model.ts"))
+    for x in _inputs():
+        pan, table, _ = loaded(x)
+        with torch.no_grad():
+            expect, _, _ = PanopticExportModule(model)(x)
+        assert torch.equal(pan, expect) and len(table) > 0
+    with pytest.raises(Exception, match="traced for"):
+        loaded(torch.zeros(3, H + 32, W, dtype=torch.uint8))
