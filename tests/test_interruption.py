@@ -21,6 +21,9 @@ from box_panoptic.engine import PREEMPTED_EXIT_CODE
 
 from .helpers import train_net_command
 
+# no evaluation, a fixed seed, two loader workers
+SEEDED_TWO_WORKERS = ["TEST.EVAL_PERIOD", "0", "SEED", "3", "DATALOADER.NUM_WORKERS", "2"]
+
 
 def _probe(record):
     """A mapper whose output shows the sample and the RNG state it was mapped with."""
@@ -72,18 +75,12 @@ def _weights(out_dir):
 
 
 def test_killed_and_stopped_runs_resume_to_the_uninterrupted_weights(synthetic_root, tmp_path):
-    common = [
+    common = SEEDED_TWO_WORKERS + [
         "SOLVER.MAX_ITER",
         "14",
         "SOLVER.CHECKPOINT_PERIOD",
         "4",
         "SOLVER.WARMUP_ITERS",
-        "2",
-        "TEST.EVAL_PERIOD",
-        "0",
-        "SEED",
-        "3",
-        "DATALOADER.NUM_WORKERS",
         "2",
         "INPUT.RANDOM_FLIP",
         "horizontal",
@@ -120,18 +117,7 @@ def test_skipped_samples_are_counted_over_all_workers(synthetic_root, tmp_path):
     bad = {records[1]["file_name"], records[6]["file_name"]}
     for f in bad:
         open(os.path.join(root, os.path.relpath(f, synthetic_root)), "wb").close()  # zero bytes
-    args = [
-        "SOLVER.MAX_ITER",
-        "8",
-        "TEST.EVAL_PERIOD",
-        "0",
-        "SEED",
-        "3",
-        "DATALOADER.NUM_WORKERS",
-        "2",
-        "INPUT.BAD_SAMPLE_POLICY",
-        "skip",
-    ]
+    args = SEEDED_TWO_WORKERS + ["SOLVER.MAX_ITER", "8", "INPUT.BAD_SAMPLE_POLICY", "skip"]
     code, err = _run(args, root, tmp_path / "out")
     assert code == 0, err[-3000:]
     log = tmp_path / "out" / "skipped_samples.jsonl"
