@@ -3,9 +3,11 @@
 
 :class:`PanopticExportModule` wraps a model so that one image tensor goes in and plain tensors
 come out: the panoptic id map, the segment table and the semantic logits. It traces with
-``torch.jit.trace`` and exports to ONNX. What is fixed at export time: the image size (the
-padding and every resize are recorded for it), the batch size (1), the thresholds and the
-class layout; the number of detections and of segments stays dynamic.
+``torch.jit.trace`` and exports to ONNX. The image size stays dynamic (every size is computed
+from the input's shape with tensor ops; tested against eager PyTorch on sizes other than the
+traced one, not multiples of 32 included), and so do the numbers of detections and segments.
+Fixed at export time: the batch size (1), the thresholds, the number of assembly candidates and
+the class layout.
 
 A saved TorchScript artifact calls torchvision's ``nms``: ``import torchvision`` before
 ``torch.jit.load``.
@@ -79,30 +81,17 @@ class PanopticExportModule(nn.Module):
 
 
 class _ShapeChecked(nn.Module):
-    """Scripted guard around a traced module: refuses inputs of another rank, channel count or
-    size with a clear message (a traced graph would fail somewhere inside instead)."""
+    """Scripted guard around a traced module: refuses inputs of another rank or channel count
+    with a clear message (a traced graph would fail somewhere inside instead)."""
 
-    def __init__(self, traced: nn.Module, height: int, width: int):
+    def __init__(self, traced: nn.Module):
         super().__init__()
         self.traced = traced
-        self.height = height
-        self.width = width
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if image.dim() != 3 or image.size(0) != 3:
             raise ValueError(
                 "box_panoptic export: expected a (3, H, W) image, got shape " + str(image.shape)
-            )
-        if image.size(1) != self.height or image.size(2) != self.width:
-            raise ValueError(
-                "box_panoptic export: this artifact was traced for "
-                + str(self.height)
-                + "x"
-                + str(self.width)
-                + " images, got "
-                + str(image.size(1))
-                + "x"
-                + str(image.size(2))
             )
         return self.traced(image)
 
@@ -116,12 +105,12 @@ def export_torchscript(
     wrapper = PanopticExportModule(model)
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, (sample,), check_trace=False)
-    checked = torch.jit.script(_ShapeChecked(traced, int(sample.shape[1]), int(sample.shape[2])))
+    checked = torch.jit.script(_ShapeChecked(traced))
     return torch.jit.freeze(checked.eval()) if freeze else checked
 
 
 def export_onnx(model: nn.Module, sample: torch.Tensor, path: str, opset: int = 17) -> str:
-    """Export the whole model to ONNX (fixed input size, dynamic detections and segments)."""
+    """Export the whole model to ONNX (dynamic image size, detections and segments)."""
     wrapper = PanopticExportModule(model)
     with torch.no_grad():
         torch.onnx.export(
@@ -131,7 +120,12 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str, opset: int = 
             opset_version=opset,
             input_names=["image"],
             output_names=["panoptic", "segments", "sem_seg"],
-            dynamic_axes={"segments": {0: "num_segments"}},
+            dynamic_axes={
+                "image": {1: "height", 2: "width"},
+                "panoptic": {0: "height", 1: "width"},
+                "segments": {0: "num_segments"},
+                "sem_seg": {1: "height", 2: "width"},
+            },
             dynamo=False,
         )
     return path

@@ -44,8 +44,10 @@ def decode_level(
     ctr = centerness.sigmoid().reshape(-1, 1)
     candidate = prob > pre_nms_thresh
     score = torch.where(candidate, prob * ctr, torch.full_like(prob, -1.0)).reshape(-1)
-    top = min(pre_nms_top_n, score.numel())
-    top_scores, top_idx = score.topk(top, sorted=True)
+    # top-k with a constant k over the scores padded by k non-candidates: the same result as
+    # topk(min(k, numel)), and a traced model keeps it for every image size
+    padded = torch.cat([score, score.new_full((pre_nms_top_n,), -1.0)])
+    top_scores, top_idx = padded.topk(pre_nms_top_n, sorted=True)
     keep = top_scores > -1.0
     top_scores, top_idx = top_scores[keep], top_idx[keep]
     loc_idx = torch.div(top_idx, k, rounding_mode="floor")

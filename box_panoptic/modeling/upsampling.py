@@ -74,8 +74,9 @@ def output_grid(
     """
     axes = []
     for n_grid, n_pad, n_img, n_out in zip(grid_size, padded_size, image_size, output_size):
-        scale = n_grid / n_pad if n_img == n_out else (n_grid / n_pad) * (n_img / n_out)
-        axes.append(bilinear_taps(int(n_out), int(n_grid), scale, device))
+        # (n_img / n_out) is exactly 1 without a resize; sizes stay traced when exporting
+        scale = (n_grid / n_pad) * (n_img / n_out)
+        axes.append(bilinear_taps(n_out, n_grid, scale, device))
     return OutputGrid(*axes)
 
 
