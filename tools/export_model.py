@@ -8,7 +8,8 @@ shape): TorchScript (tracing) or ONNX (opset >= 17).
 
 The artifact takes one (3, H, W) uint8 image in INPUT.FORMAT and returns the panoptic id map
 (H, W) int32, the segment table (S, 4) [category, isthing, score, area] (segment k has id k + 1)
-and the semantic logits (C, H, W). Fixed at export: H, W, batch 1, thresholds, class layout.
+and the semantic logits (C, H, W), for any H and W (--height/--width or --sample-image only pick
+the tracing input). Fixed at export: batch 1, thresholds, assembly candidates, class layout.
 """
 
 import argparse
