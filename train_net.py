@@ -105,7 +105,7 @@ class Trainer(DefaultTrainer):
         records = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        skip_log = os.path.join(cfg.OUTPUT_DIR, SKIP_LOG) if cfg.OUTPUT_DIR else None
+        skip_log = skip_log_path(cfg)
 
         def make_stream(seed, start_iter):
             return ResumableTrainStream(
@@ -128,11 +128,16 @@ class Trainer(DefaultTrainer):
         )
 
 
+def skip_log_path(cfg):
+    """Where every process and loader worker records the bad samples it skips (None: nowhere)."""
+    return os.path.join(cfg.OUTPUT_DIR, SKIP_LOG) if cfg.OUTPUT_DIR else None
+
+
 def report_skipped_samples(cfg) -> int:
     """Log the bad samples skipped by every worker and process (INPUT.BAD_SAMPLE_POLICY skip)."""
     if cfg.INPUT.BAD_SAMPLE_POLICY != "skip" or not comm.is_main_process():
         return 0
-    path = os.path.join(cfg.OUTPUT_DIR, SKIP_LOG)
+    path = skip_log_path(cfg)
     total = count_skipped(path)
     logging.getLogger("box_panoptic").warning(
         f"bad samples skipped in this training: {total} in total"

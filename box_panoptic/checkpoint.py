@@ -13,20 +13,13 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .atomic_file import atomic_write
+
 __all__ = ["SafeCheckpointer", "NonFiniteWeightsError"]
 
 
 class NonFiniteWeightsError(ValueError):
     """A checkpoint holds NaN or inf values."""
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class SafeCheckpointer(DetectionCheckpointer):
@@ -43,13 +36,13 @@ class SafeCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not os.path.isdir(self.save_dir):
             return super().tag_last_checkpoint(last_filename_basename)
-        _atomic_write(
+        atomic_write(
             os.path.join(self.save_dir, "last_checkpoint"),
             lambda f: f.write(last_filename_basename.encode()),
         )

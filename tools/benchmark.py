@@ -174,6 +174,15 @@ def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
     return res
 
 
+def run_worker(cmd, label: str) -> dict:
+    """Run a measuring subprocess (its own process: its own peak RSS); its last line of output
+    is its JSON result. Exits naming ``label`` with the worker's stderr if it fails."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{label} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"])
@@ -205,10 +214,7 @@ def main(argv=None):
                 "--threads",
                 str(a.threads),
             ]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"benchmark worker {model} {size} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append(run_worker(cmd, f"benchmark worker {model} {size}"))
     import torch
 
     from box_panoptic.analysis import conv_throughput_gflops

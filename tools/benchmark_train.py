@@ -16,13 +16,14 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from tools.benchmark import run_worker  # noqa: E402
 
 
 def _batch(h, w, n):
@@ -129,10 +130,7 @@ def main(argv=None):
             "--threads",
             str(a.threads),
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"worker {name} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(cmd, f"worker {name}"))
     print(f"training, batch {a.batch} of {a.height}x{a.width}, {a.threads} threads, R-50 FPN")
     for r in rows:
         print(

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.utils import comm
 
+from ..atomic_file import atomic_write
 from .panoptic_quality import format_class_table, pq_from_files
 
 __all__ = ["PanopticEvaluatorWithTables"]
@@ -68,7 +69,7 @@ class PanopticEvaluatorWithTables(COCOPanopticEvaluator):
         gt["annotations"] = annotations
         pred_json = os.path.join(pred_dir, "predictions.json")
         # a complete file or none (interrupted runs never look done)
-        _write_atomic(pred_json, lambda f: json.dump(gt, f))
+        atomic_write(pred_json, lambda f: json.dump(gt, f), text=True)
 
         result = pq_from_files(
             self._metadata.panoptic_json, pred_json, self._metadata.panoptic_root, pred_dir
@@ -103,9 +104,10 @@ class PanopticEvaluatorWithTables(COCOPanopticEvaluator):
             "Things": result["Things"],
             "Stuff": result["Stuff"],
         }
-        _write_atomic(
+        atomic_write(
             os.path.join(self._output_dir, "panoptic_per_class.json"),
             lambda f: json.dump(summary, f, indent=1),
+            text=True,
         )
 
         def write_csv(f):
@@ -113,12 +115,4 @@ class PanopticEvaluatorWithTables(COCOPanopticEvaluator):
             writer.writeheader()
             writer.writerows(rows)
 
-        _write_atomic(os.path.join(self._output_dir, "panoptic_per_class.csv"), write_csv)
-
-
-def _write_atomic(path: str, write) -> None:
-    """Write a text file under a temporary name, then rename it: complete or absent."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        write(f)
-    os.replace(tmp, path)
+        atomic_write(os.path.join(self._output_dir, "panoptic_per_class.csv"), write_csv, text=True)
