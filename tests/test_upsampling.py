@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
-from box_panoptic.modeling.mask_construction import location_term
+from box_panoptic.modeling.mask_candidates import soft_mask_candidates
+from box_panoptic.modeling.mask_construction import location_term, soft_masks
 from box_panoptic.modeling.meta_arch import instance_masks
 from box_panoptic.modeling.upsampling import (
     dense_candidates,
@@ -142,7 +143,8 @@ def test_model_outputs_equal_the_dense_reference_and_channels_last_changes_littl
         ys, xs = torch.randint(0, h4, (12,), generator=g), torch.randint(0, w4, (12,), generator=g)
         cache["boxes"] = cache["dense"][:, ys, xs].t().contiguous()
         cache["scores"], cache["classes"] = cache["scores"][:12], cache["classes"][:12]
-        sem_seg, masks4, _ = model.construct(cache)
+        sem_seg, sem_prob4, _ = model.construct(cache)
+        masks4 = model.soft_masks(cache, sem_prob4)
         p = len(cache["scores"])
         model.assembly_candidates = p  # every detection a candidate: exact
         _, cand, fast = model.panoptic_outputs(cache, sigma, tau)
@@ -200,3 +202,52 @@ def test_candidate_assembly_properties_hold_for_any_k(p, k, seed, sigma, fn):
         **kw,
     )
     assert all(torch.equal(again[key], r[key]) for key in r)
+
+
+def _boxes_on_grid(h, w, g, levels=None):
+    """Dense XYXY boxes around each stride-4 cell: (4, h, w), or (levels, 4, h, w)."""
+    shape = (levels, 2, h, w) if levels else (2, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h) * 4.0 + 2, torch.arange(w) * 4.0 + 2, indexing="ij")
+    centre = torch.stack([xs, ys]).expand(shape)
+    lt, rb = 8 + torch.rand(shape, generator=g) * 24, 8 + torch.rand(shape, generator=g) * 24
+    return torch.cat([centre - lt, centre + rb], dim=-3)
+
+
+@pytest.mark.parametrize(
+    "levels, mode, output, band_rows",
+    [
+        (None, "giou_plus1", (45, 61), 4),
+        (None, "iou", (45, 61), 5),  # 11 rows: a short last band
+        (3, "giou_plus1", (45, 61), 3),  # no levelness: max over levels (Eq. S3)
+        (None, "giou_plus1", (30, 90), 1),  # a test-time resize; one row per band
+    ],
+)
+def test_banded_soft_mask_candidates_equal_the_whole_grid_path_bit_for_bit(
+    levels, mode, output, band_rows
+):
+    """The fused band-by-band path (eager inference) against soft_masks + sample_candidates
+    (the traced path): the same bits, not just close."""
+    g = torch.Generator().manual_seed(7)
+    h4, w4, p, k = 11, 16, 14, 3
+    dense = _boxes_on_grid(h4, w4, g, levels)
+    query = dense.reshape(-1, 4, h4 * w4)[0, :, torch.randperm(h4 * w4, generator=g)[:p]].t()
+    classes = torch.randint(0, 5, (p,), generator=g)
+    sem_prob = torch.randn(5, h4, w4, generator=g).softmax(dim=0)
+    grid = output_grid((h4, w4), (44, 64), (45 - 2, 61), output)
+    active = torch.rand(p, generator=g) > 0.4
+    sigma = 0.08
+    ref = sample_candidates(
+        soft_masks(query, classes, dense, sem_prob, mode), grid, k, sigma, active
+    )
+    got = soft_mask_candidates(
+        query, classes, dense, sem_prob, grid, k, sigma, active, mode, band_rows=band_rows
+    )
+    assert (ref.window_ids > 0).sum(dim=0).float().mean() > 1.0  # windows hold several
+    assert (ref.values >= sigma).any()
+    for name in ("window_ids", "rows", "cols", "values"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+    # no detections: every slot empty, never accepted
+    none = soft_mask_candidates(
+        query[:0], classes[:0], dense, sem_prob, grid, k, sigma, active[:0], mode, band_rows
+    )
+    assert (none.window_ids == 0).all() and (none.values < sigma).all()
