@@ -37,9 +37,9 @@ def _assign(priority: torch.Tensor, accepted: torch.Tensor, candidates: Candidat
     """(K, H, W) priority and accepted -> (H, W) detection id (0 none, j + 1): the accepted
     candidate of highest priority (the first on ties)."""
     # max(dim).indices: the first maximum, like argmax, at a third of argmax's CPU time
-    best, slot = priority.masked_fill(~accepted, -1.0).max(dim=0)
+    best, slot = torch.where(accepted, priority, -1.0).max(dim=0)
     ids = candidates.window_ids[slot, candidates.rows[:, None], candidates.cols[None, :]]
-    return torch.where(best >= 0, ids, torch.zeros_like(ids))
+    return ids.masked_fill_(best < 0, 0)
 
 
 def _padded(flags: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ def assemble_panoptic(
         priority: (K, H, W) per-pixel priority of each candidate (S_j or its score).
         det_classes: (P,) semantic class index of each detection. det_scores: (P,).
         det_active: (P,) bool, the detections that may form segments (score >= tau).
-        sem_seg: (C, H, W) semantic logits or probabilities.
+        sem_seg: (C, H, W) semantic logits or probabilities, or (H, W) long their argmax.
         is_thing_class: (C,) bool.
         mask_thresh: sigma; a pixel accepts detection j when S_j >= sigma.
     Returns:
@@ -89,7 +89,7 @@ def assemble_panoptic(
     """
     slots = torch.cat([det_scores.new_zeros(1), det_scores])  # 1 + P counting slots: 0 = none
     accepted = candidates.values >= mask_thresh
-    accepted_area = _counts(candidates.ids_at(*accepted.nonzero(as_tuple=True)), slots)[1:]
+    accepted_area = candidates.accepted_area(accepted, slots)
     allowed = det_active & (accepted_area > 0)
 
     def winners(allowed: torch.Tensor) -> torch.Tensor:
@@ -103,19 +103,19 @@ def assemble_panoptic(
     visible = _counts(inst, slots)[1:]
     keep = allowed & (visible > 0)
 
-    c = sem_seg.shape[0]
-    sem = sem_seg.max(dim=0)[1]
+    c = is_thing_class.shape[0]
+    sem = sem_seg.max(dim=0)[1] if sem_seg.dim() == 3 else sem_seg.clone()
     free_stuff = (inst == 0) & ~is_thing_class[sem]
-    stuff_label = torch.where(free_stuff, sem, torch.full_like(sem, c))
+    stuff_label = sem.masked_fill_(~free_stuff, c)  # c: not a stuff segment
     stuff_area = _counts(stuff_label, torch.cat([is_thing_class, is_thing_class[:1]]))[:c]
     stuff_keep = (stuff_area >= max(stuff_area_min, 1)) & ~is_thing_class
 
     n_inst = keep.sum()
     inst_id = torch.cumsum(keep.long(), 0) * keep
     stuff_id = (torch.cumsum(stuff_keep.long(), 0) + n_inst) * stuff_keep
-    inst_id = torch.cat([inst_id.new_zeros(1), inst_id])
-    stuff_id = torch.cat([stuff_id, stuff_id.new_zeros(1)])
-    panoptic = torch.where(inst > 0, inst_id[inst], stuff_id[stuff_label]).to(torch.int32)
+    inst_id = torch.cat([inst_id.new_zeros(1), inst_id]).to(torch.int32)
+    stuff_id = torch.cat([stuff_id, stuff_id.new_zeros(1)]).to(torch.int32)
+    panoptic = torch.where(inst > 0, inst_id[inst], stuff_id[stuff_label])
 
     stuff_classes = torch.arange(c, device=sem.device)[stuff_keep]
     return {

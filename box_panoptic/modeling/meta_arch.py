@@ -20,6 +20,7 @@ from .head import build_box_panoptic_head, build_levelness_head
 from .inference import decode_detections
 from .mask_candidates import soft_mask_candidates
 from .mask_construction import boxes_from_ltrb, dense_box_map, resized_level_regressions, soft_masks
+from .semantic_labels import semantic_labels
 from .upsampling import Candidates, OutputGrid, output_grid
 
 __all__ = ["BoxPanoptic", "check_classes_against_metadata", "instance_masks", "segments_info"]
@@ -349,6 +350,17 @@ class BoxPanoptic(nn.Module):
             self.location_term,
         )
 
+    def semantic_argmax(self, cache: Dict, sem_seg: torch.Tensor) -> torch.Tensor:
+        """(H, W) argmax of the output logits ``sem_seg`` (C, H, W), mostly read off the
+        stride-8 logits (:func:`semantic_labels`); the logits themselves when tracing or after
+        a test-time resize (the assembly then takes their maximum)."""
+        if torch.jit.is_tracing() or cache["image_size"] != cache["output_size"]:
+            return sem_seg
+        sem8 = cache["sem_seg_stride8"]
+        size = cache["image_size"]
+        grid = output_grid(tuple(sem8.shape[-2:]), cache["padded_size"], size, size, sem8.device)
+        return semantic_labels(sem_seg, sem8, grid)
+
     def panoptic_tensors(
         self,
         cache: Dict,
@@ -366,7 +378,7 @@ class BoxPanoptic(nn.Module):
             cache["classes"],
             cache["scores"],
             cache["scores"] >= det_score_thresh,
-            sem_seg,
+            self.semantic_argmax(cache, sem_seg),
             is_thing,
             mask_thresh=mask_thresh,
             overlap_thresh=self.overlap_thresh,
