@@ -432,12 +432,13 @@ class BoxPanoptic(nn.Module):
 def instance_masks(candidates: Candidates, sigma: float, num: int) -> torch.Tensor:
     """(num, H, W) bool: each detection's accepted pixels (S_j >= sigma, overlaps allowed)."""
     h, w = candidates.values.shape[-2:]
-    k, y, x = candidates.accepted(sigma)
     # torch.zeros: fresh memory touched once by memset; sparser schemes (calloc, huge pages)
     # measured slower after the network has run (page faults, compaction)
-    masks = torch.zeros((num + 1, h, w), dtype=torch.bool, device=candidates.values.device)
-    masks[candidates.ids_at(k, y, x), y, x] = True
-    return masks[1:]
+    masks = torch.zeros((num + 1, h * w), dtype=torch.bool, device=candidates.values.device)
+    for slot in range(candidates.values.shape[0]):  # K slots; a pixel's ids are distinct
+        ids = candidates.per_pixel(candidates.window_ids[slot : slot + 1]).view(1, -1)
+        masks.scatter_(0, ids, (candidates.values[slot] >= sigma).view(1, -1))
+    return masks[1:].view(num, h, w)
 
 
 def segments_info(r: Dict[str, torch.Tensor]) -> List[Dict]:

@@ -130,10 +130,6 @@ class Candidates(NamedTuple):
         """Detection ids (0 or j + 1) of candidate slots ``k`` at pixels (``y``, ``x``)."""
         return self.window_ids[k, self.rows[y], self.cols[x]]
 
-    def accepted(self, sigma: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(slot, y, x) of every accepted candidate (S_j >= sigma), each (N,)."""
-        return (self.values >= sigma).nonzero(as_tuple=True)
-
     def accepted_area(self, accepted: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """(P,) long: at how many pixels each detection is accepted, given ``accepted``
         (K, H, W) bool and ``slots`` (1 + P,), any tensor with one entry per id (its length
