@@ -251,3 +251,33 @@ def test_banded_soft_mask_candidates_equal_the_whole_grid_path_bit_for_bit(
         query[:0], classes[:0], dense, sem_prob, grid, k, sigma, active[:0], mode, band_rows
     )
     assert (none.window_ids == 0).all() and (none.values < sigma).all()
+
+
+@pytest.mark.parametrize("mode", ["giou_plus1", "iou"])
+def test_bands_skip_detections_that_cannot_reach_them_and_stay_exact(mode):
+    """Small boxes spread over a tall grid: each band evaluates only the detections whose
+    boxes meet its dense boxes (and tiny ones, which may reach sigma without overlap)."""
+    from box_panoptic.modeling.mask_candidates import _may_reach
+
+    g = torch.Generator().manual_seed(11)
+    h4, w4, p, k, sigma = 40, 12, 16, 2, 0.3
+    ys, xs = torch.meshgrid(torch.arange(h4) * 4.0 + 2, torch.arange(w4) * 4.0 + 2, indexing="ij")
+    half = 2 + torch.rand(2, h4, w4, generator=g) * 6
+    dense = torch.stack([xs - half[0], ys - half[1], xs + half[0], ys + half[1]])
+    query = dense.reshape(4, -1)[:, torch.randperm(h4 * w4, generator=g)[:p]].t().clone()
+    query[:2, 2:] = query[:2, :2] + 0.5  # two tiny boxes: area 0.25 < 1 / sigma
+    classes = torch.randint(0, 3, (p,), generator=g)
+    sem_prob = torch.rand(3, h4, w4, generator=g).add(2).softmax(dim=0).clamp(max=1)
+    sem_prob[:] = 0.9  # the location term decides
+    grid = output_grid((h4, w4), (160, 48), (160, 48), (160, 48))
+    active = torch.rand(p, generator=g) > 0.3
+    band = dense.permute(1, 2, 0)[:5]  # the first band (4 rows) and the row below
+    near = _may_reach(query, band, sigma)
+    assert near[:2].all() and near.sum() < p - 4  # tiny boxes kept, most others skipped
+    ref = sample_candidates(
+        soft_masks(query, classes, dense, sem_prob, mode), grid, k, sigma, active
+    )
+    got = soft_mask_candidates(query, classes, dense, sem_prob, grid, k, sigma, active, mode, 4)
+    assert len(ref.window_ids.unique()) > p // 2  # most detections are candidates somewhere
+    for name in ("window_ids", "values"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name

@@ -5,7 +5,9 @@ computed band by band of stride-4 grid rows.
 The (P, h4, w4) soft masks are the post-processing's largest tensors (100 detections at
 1024x2048: 13 M values, 52 MB each temporary). Computed a band of grid rows at a time, each
 band's location term, product with P_sem, window maxima, top-K and resampling stay in the CPU's
-cache, and no full (P, h4, w4) tensor is ever written to memory. The values are the same bits as
+cache, and no full (P, h4, w4) tensor is ever written to memory. Each band also leaves out the
+detections whose boxes cannot reach sigma there (:func:`_may_reach`): they would never be
+candidates. The values are the same bits as
 :func:`~.mask_construction.soft_masks` followed by :func:`~.upsampling.sample_candidates`, which
 is also the path taken when tracing for export (the number of bands would follow the image
 size).
@@ -51,6 +53,18 @@ def _band_soft_masks(
     return loc.view(n, w, -1).mul_(select_last(sem_prob, sem_class))
 
 
+def _may_reach(query: torch.Tensor, boxes: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(P,) bool: the query boxes whose soft mask may reach ``sigma`` at a cell of the band
+    whose dense boxes are ``boxes`` (..., 4). The others cannot: a query box disjoint from a
+    cell's dense box has I = 0, so P_loc <= 1 / (U + 1) for GIoU + 1 and 0 for IoU, below
+    sigma once the query's own area (<= U) is 1 / sigma or more; and P_sem <= 1."""
+    flat = boxes.reshape(-1, 4)
+    lo, hi = flat[:, :2].amin(dim=0), flat[:, 2:].amax(dim=0)
+    overlaps = ((query[:, :2] <= hi) & (query[:, 2:] >= lo)).all(dim=1)
+    area = (query[:, 2] - query[:, 0]) * (query[:, 3] - query[:, 1])
+    return overlaps | ~(area >= 1.0 / sigma)  # small (or NaN) boxes kept
+
+
 def _band_rows(taps: Taps, start: int, stop: int, first_row: int) -> Taps:
     """Output rows ``start:stop`` of ``taps``, their cells counted from ``first_row``."""
     return Taps(
@@ -71,14 +85,14 @@ def soft_mask_candidates(
     sigma: float,
     rank_first: torch.Tensor,
     mode: str = "giou_plus1",
-    band_rows: int = 8,
+    band_rows: int = 16,
 ) -> Candidates:
     """Per output pixel, the K candidate detections and their soft masks (steps 5-6).
 
     Args:
         query: (P, 4) XYXY query boxes. sem_class: (P,) semantic index of each query's class.
         dense: (4, h, w) dense box map, or (L, 4, h, w) every level's boxes.
-        sem_prob: (C, h, w) semantic probabilities on the same grid.
+        sem_prob: (C, h, w) semantic probabilities (in [0, 1]) on the same grid.
         grid: the output pixels on that grid (:func:`~.upsampling.output_grid`).
         k, sigma, rank_first: as in :func:`~.upsampling.window_candidates`.
         mode: the location term (:func:`~.mask_construction.location_term`).
@@ -100,12 +114,14 @@ def soft_mask_candidates(
     for r0, i0, i1 in zip(starts, out_rows[:-1], out_rows[1:]):
         r1 = min(r0 + band_rows, h)
         below = min(r1 + 1, h)  # the band's rows and the one below it
-        masks = _band_soft_masks(query, sem_class, boxes[..., r0:below, :, :], sem[r0:below], mode)
+        cells = boxes[..., r0:below, :, :]
+        near = _may_reach(query, cells, sigma).nonzero().view(-1)  # the others: no candidate
+        masks = _band_soft_masks(query[near], sem_class[near], cells, sem[r0:below], mode)
         if below == r1:  # the bottom edge: the last row repeated
             masks = torch.cat([masks, masks[-1:]])
         band_ids, band_values = window_candidates(
-            masks, _band_rows(grid.y, i0, i1, r0), grid.x, k, sigma, rank_first
+            masks, _band_rows(grid.y, i0, i1, r0), grid.x, k, sigma, rank_first[near]
         )
-        ids[:, r0:r1] = band_ids
+        ids[:, r0:r1] = torch.cat([near.new_zeros(1), near + 1])[band_ids]  # band -> image ids
         values[:, i0:i1] = band_values
     return Candidates(ids, grid.y.lo, grid.x.lo, values)
