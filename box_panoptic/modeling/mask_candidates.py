@@ -96,12 +96,14 @@ def soft_mask_candidates(
         grid: the output pixels on that grid (:func:`~.upsampling.output_grid`).
         k, sigma, rank_first: as in :func:`~.upsampling.window_candidates`.
         mode: the location term (:func:`~.mask_construction.location_term`).
-        band_rows: grid rows per band.
+        band_rows: grid rows per band (on CPU; other devices take the whole grid at once).
     Returns:
         :class:`~.upsampling.Candidates`, equal to ``sample_candidates(soft_masks(...), ...)``.
     """
     h, w = sem_prob.shape[-2:]
-    if torch.jit.is_tracing() or h <= band_rows:
+    # bands pay off where caches are small next to the tensors: CPUs, not GPUs (where the
+    # loop's many small kernels would cost more than the memory traffic they save)
+    if torch.jit.is_tracing() or h <= band_rows or sem_prob.device.type != "cpu":
         masks = soft_masks(query, sem_class, dense, sem_prob, mode)
         return sample_candidates(masks, grid, k, sigma, rank_first)
     boxes = dense.movedim(-3, -1).contiguous()  # (h, w, 4) or (L, h, w, 4)
