@@ -133,7 +133,25 @@ def _runner(model_name: str, image, threads: int):
     return model, lambda: model([{"image": image, "height": h, "width": w}])
 
 
-def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
+STAGES = ("decode", "construct", "candidates", "assembly", "instance_masks")
+
+
+def _post_stages(model, image) -> dict:
+    """Seconds in each named post-processing stage of one more eager run (torch.profiler over
+    the model's ``box_panoptic.<stage>`` ranges), the network run just before it."""
+    import torch
+
+    h, w = image.shape[1:]
+    inputs = [{"image": image, "height": h, "width": w}]
+    images = model.preprocess_image(inputs)
+    out = model.network(images)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model.inference(out, inputs, images)
+    totals = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()}
+    return {stage: totals.get(f"box_panoptic.{stage}", 0.0) for stage in STAGES}
+
+
+def _measure(model_name: str, h: int, w: int, runs: int, threads: int, stages: bool) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -171,6 +189,9 @@ def _measure(model_name: str, h: int, w: int, runs: int, threads: int) -> dict:
         res["network_s"] = statistics.median(net)
         res["post_s"] = statistics.median(post)
         res["gflops"] = network_gflops(model, h, w)
+        if stages:
+            with torch.no_grad():
+                res["stages"] = _post_stages(model, image)
     return res
 
 
@@ -189,6 +210,11 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="also print eager BoxPanoptic's post-processing time by stage (one more run)",
+    )
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     p.add_argument("--export", nargs=3, metavar=("MODEL", "SIZE", "PATH"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -198,7 +224,7 @@ def main(argv=None):
         return
     if a.worker:
         h, w = map(int, a.worker[1].split("x"))
-        print(json.dumps(_measure(a.worker[0], h, w, a.runs, a.threads)))
+        print(json.dumps(_measure(a.worker[0], h, w, a.runs, a.threads, a.stages)))
         return
     rows = []
     for size in a.sizes:
@@ -213,7 +239,7 @@ def main(argv=None):
                 str(a.runs),
                 "--threads",
                 str(a.threads),
-            ]
+            ] + (["--stages"] if a.stages else [])
             rows.append(run_worker(cmd, f"benchmark worker {model} {size}"))
     import torch
 
@@ -245,6 +271,10 @@ def main(argv=None):
                     f"{r['e2e_s'] / ref['e2e_s']:.2f}x, peak memory "
                     f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x"
                 )
+    for r in rows:
+        if "stages" in r:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in r["stages"].items())
+            print(f"{r['model']} {r['size']} post-processing stages (s): {parts}")
     print("Panoptic-DeepLab: not importable here (detectron2's projects are not packaged)")
 
 

@@ -2,6 +2,7 @@
 """The BoxPanoptic meta-architecture: backbone -> dense head -> semantic and levelness heads ->
 decoding, mask construction and panoptic assembly (inference) or losses (training)."""
 
+import contextlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -259,7 +260,9 @@ class BoxPanoptic(nn.Module):
 
     def inference(self, out: Dict, batched_inputs: List[Dict], images: ImageList):
         """Decode every image (:meth:`decode`), then post-process it (:meth:`postprocess`)."""
-        return [self.postprocess(c) for c in self.decode(out, batched_inputs, images)]
+        with _stage("decode"):
+            caches = self.decode(out, batched_inputs, images)
+        return [self.postprocess(c) for c in caches]
 
     def decode(self, out: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Everything mask construction and assembly need, per image, independent of sigma and
@@ -396,9 +399,13 @@ class BoxPanoptic(nn.Module):
         the model's settings."""
         sigma = self.mask_thresh if mask_thresh is None else mask_thresh
         tau = self.det_score_thresh if det_score_thresh is None else det_score_thresh
-        sem_seg, sem_prob4, grid = self.construct(cache)
-        candidates = self.candidates(cache, sem_prob4, grid, sigma, tau)
-        return sem_seg, candidates, self.panoptic_tensors(cache, sem_seg, candidates, sigma, tau)
+        with _stage("construct"):
+            sem_seg, sem_prob4, grid = self.construct(cache)
+        with _stage("candidates"):
+            candidates = self.candidates(cache, sem_prob4, grid, sigma, tau)
+        with _stage("assembly"):
+            r = self.panoptic_tensors(cache, sem_seg, candidates, sigma, tau)
+        return sem_seg, candidates, r
 
     def postprocess(
         self,
@@ -415,18 +422,28 @@ class BoxPanoptic(nn.Module):
         out_boxes = Boxes(cache["boxes"].clone())
         out_boxes.scale(ow / image_size[1], oh / image_size[0])
         out_boxes.clip((oh, ow))
+        with _stage("instance_masks"):
+            masks = instance_masks(candidates, sigma, len(cache["scores"]))
         instances = Instances(
             (oh, ow),
             pred_boxes=out_boxes,
             scores=cache["scores"],
             pred_classes=cache["classes"],
-            pred_masks=instance_masks(candidates, sigma, len(cache["scores"])),
+            pred_masks=masks,
         )
         return {
             "sem_seg": sem_seg,
             "instances": instances,
             "panoptic_seg": (r["panoptic"], segments_info(r)),
         }
+
+
+def _stage(name: str):
+    """A named range ``box_panoptic.<name>`` for torch.profiler (``tools/benchmark.py
+    --stages``); nothing while tracing."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(f"box_panoptic.{name}")
 
 
 def instance_masks(candidates: Candidates, sigma: float, num: int) -> torch.Tensor:
