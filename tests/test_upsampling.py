@@ -220,6 +220,7 @@ def _boxes_on_grid(h, w, g, levels=None):
         (None, "iou", (45, 61), 5),  # 11 rows: a short last band
         (3, "giou_plus1", (45, 61), 3),  # no levelness: max over levels (Eq. S3)
         (None, "giou_plus1", (30, 90), 1),  # a test-time resize; one row per band
+        (3, "iou", (45, 61), 64),  # one band: the path tracing takes
     ],
 )
 def test_banded_soft_mask_candidates_equal_the_whole_grid_path_bit_for_bit(

@@ -8,22 +8,15 @@ band's location term, product with P_sem, window maxima, top-K and resampling st
 cache, and no full (P, h4, w4) tensor is ever written to memory. Each band also leaves out the
 detections whose boxes cannot reach sigma there (:func:`_may_reach`): they would never be
 candidates. The values are the same bits as
-:func:`~.mask_construction.soft_masks` followed by :func:`~.upsampling.sample_candidates`, which
-is also the path taken when tracing for export (the number of bands would follow the image
-size).
+:func:`~.mask_construction.soft_masks` followed by :func:`~.upsampling.sample_candidates` (the
+reference the tests hold it to). Tracing for export takes the whole grid as one band (the number
+of bands would follow the image size).
 """
 
 import torch
 
-from .mask_construction import location_term, soft_masks
-from .upsampling import (
-    Candidates,
-    OutputGrid,
-    Taps,
-    sample_candidates,
-    select_last,
-    window_candidates,
-)
+from .mask_construction import location_term
+from .upsampling import Candidates, OutputGrid, Taps, select_last, window_candidates
 
 __all__ = ["soft_mask_candidates"]
 
@@ -101,13 +94,18 @@ def soft_mask_candidates(
         :class:`~.upsampling.Candidates`, equal to ``sample_candidates(soft_masks(...), ...)``.
     """
     h, w = sem_prob.shape[-2:]
+    lead = list(range(dense.dim() - 3))  # [] or [0] (levels); positive dims for ONNX
+    boxes = dense.permute(lead + [dense.dim() - 2, dense.dim() - 1, dense.dim() - 3])
+    boxes = boxes.contiguous()  # (h, w, 4) or (L, h, w, 4)
+    sem = sem_prob.permute(1, 2, 0).contiguous()  # (h, w, C)
     # bands pay off where caches are small next to the tensors: CPUs, not GPUs (where the
     # loop's many small kernels would cost more than the memory traffic they save)
-    if torch.jit.is_tracing() or h <= band_rows or sem_prob.device.type != "cpu":
-        masks = soft_masks(query, sem_class, dense, sem_prob, mode)
-        return sample_candidates(masks, grid, k, sigma, rank_first)
-    boxes = dense.movedim(-3, -1).contiguous()  # (h, w, 4) or (L, h, w, 4)
-    sem = sem_prob.permute(1, 2, 0).contiguous()  # (h, w, C)
+    if torch.jit.is_tracing() or h <= band_rows or sem.device.type != "cpu":
+        masks = _band_soft_masks(query, sem_class, boxes, sem, mode)  # one band: the grid
+        ids, values = window_candidates(
+            torch.cat([masks, masks[-1:]]), grid.y, grid.x, k, sigma, rank_first
+        )
+        return Candidates(ids, grid.y.lo, grid.x.lo, values)
     ids = torch.empty((k, h, w), dtype=torch.long, device=sem.device)
     values = sem.new_empty((k, len(grid.y.lo), len(grid.x.lo)))
     starts = list(range(0, h, band_rows))
