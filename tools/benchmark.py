@@ -16,6 +16,8 @@ box_panoptic.export, exported in a separate process (their peak memory holds no 
 Panoptic FPN: detectron2's model-zoo ``panoptic_fpn_R_50_1x`` (random weights), end-to-end.
 GFLOPs from fvcore (multiply-add = 1); "of peak" is the network's achieved GFLOP/s over a large
 3x3 conv's measured GFLOP/s in the same run (the faster of NCHW and channels-last).
+``--stages`` adds one profiled eager run per BoxPanoptic row and prints its post-processing by
+named stage (decode, construct, candidates, assembly, instance_masks).
 """
 
 import argparse
