@@ -275,6 +275,7 @@ def test_bands_skip_detections_that_cannot_reach_them_and_stay_exact(mode):
     band = dense.permute(1, 2, 0)[:5]  # the first band (4 rows) and the row below
     near = _may_reach(query, band, sigma)
     assert near[:2].all() and near.sum() < p - 4  # tiny boxes kept, most others skipped
+    assert _may_reach(query, band, 0.0).all()  # sigma 0: every detection reaches
     ref = sample_candidates(
         soft_masks(query, classes, dense, sem_prob, mode), grid, k, sigma, active
     )

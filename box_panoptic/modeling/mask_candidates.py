@@ -54,6 +54,8 @@ def _may_reach(query: torch.Tensor, boxes: torch.Tensor, sigma: float) -> torch.
     flat = boxes.reshape(-1, 4)
     lo, hi = flat[:, :2].amin(dim=0), flat[:, 2:].amax(dim=0)
     overlaps = ((query[:, :2] <= hi) & (query[:, 2:] >= lo)).all(dim=1)
+    if not sigma > 0:  # every soft mask reaches sigma <= 0 somewhere
+        return torch.ones_like(overlaps)
     area = (query[:, 2] - query[:, 0]) * (query[:, 3] - query[:, 1])
     return overlaps | ~(area >= 1.0 / sigma)  # small (or NaN) boxes kept
 
