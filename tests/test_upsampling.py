@@ -283,3 +283,26 @@ def test_bands_skip_detections_that_cannot_reach_them_and_stay_exact(mode):
     assert len(ref.window_ids.unique()) > p // 2  # most detections are candidates somewhere
     for name in ("window_ids", "values"):
         assert torch.equal(getattr(got, name), getattr(ref, name)), name
+
+
+def test_bands_stay_exact_with_nan_cells_and_inverted_queries():
+    """A band with NaN dense boxes still evaluates the detections its other cells may accept;
+    an inverted query box (x2 < x1: its area can be small or negative) is never skipped."""
+    g = torch.Generator().manual_seed(4)
+    h4, w4, p, k, sigma = 20, 10, 8, 2, 0.3
+    dense = _boxes_on_grid(h4, w4, g)
+    dense[:, 2, 3] = float("nan")  # one cell of the first band
+    query = dense.reshape(4, -1)[:, torch.randperm(h4 * w4, generator=g)[:p]].t().clone()
+    query = torch.nan_to_num(query, nan=10.0)
+    query[0] = torch.tensor([30.0, 6.0, 10.0, 2.0])  # inverted in x and y: area 80
+    classes = torch.randint(0, 3, (p,), generator=g)
+    sem_prob = torch.full((3, h4, w4), 0.9)
+    grid = output_grid((h4, w4), (80, 40), (80, 40), (80, 40))
+    active = torch.ones(p, dtype=torch.bool)
+    ref = sample_candidates(
+        soft_masks(query, classes, dense, sem_prob, "giou_plus1"), grid, k, sigma, active
+    )
+    got = soft_mask_candidates(query, classes, dense, sem_prob, grid, k, sigma, active, band_rows=3)
+    assert (ref.window_ids > 0).any()
+    for name in ("window_ids", "values"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name

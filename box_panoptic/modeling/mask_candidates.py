@@ -50,14 +50,19 @@ def _may_reach(query: torch.Tensor, boxes: torch.Tensor, sigma: float) -> torch.
     """(P,) bool: the query boxes whose soft mask may reach ``sigma`` at a cell of the band
     whose dense boxes are ``boxes`` (..., 4). The others cannot: a query box disjoint from a
     cell's dense box has I = 0, so P_loc <= 1 / (U + 1) for GIoU + 1 and 0 for IoU, below
-    sigma once the query's own area (<= U) is 1 / sigma or more; and P_sem <= 1."""
+    sigma once the query's own area (<= U) is 1 / sigma or more; and P_sem <= 1. Kept as well:
+    small, inverted and NaN query boxes. Cells with a NaN coordinate never reach sigma (their
+    P_loc is NaN) and do not widen the band's extent."""
     flat = boxes.reshape(-1, 4)
-    lo, hi = flat[:, :2].amin(dim=0), flat[:, 2:].amax(dim=0)
+    nan = torch.isnan(flat)
+    lo = flat[:, :2].masked_fill(nan[:, :2], float("inf")).amin(dim=0)
+    hi = flat[:, 2:].masked_fill(nan[:, 2:], float("-inf")).amax(dim=0)
     overlaps = ((query[:, :2] <= hi) & (query[:, 2:] >= lo)).all(dim=1)
     if not sigma > 0:  # every soft mask reaches sigma <= 0 somewhere
         return torch.ones_like(overlaps)
     area = (query[:, 2] - query[:, 0]) * (query[:, 3] - query[:, 1])
-    return overlaps | ~(area >= 1.0 / sigma)  # small (or NaN) boxes kept
+    inverted = (query[:, 2:] < query[:, :2]).any(dim=1)
+    return overlaps | ~(area >= 1.0 / sigma) | inverted
 
 
 def _band_rows(taps: Taps, start: int, stop: int, first_row: int) -> Taps:
