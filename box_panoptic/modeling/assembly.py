@@ -104,9 +104,9 @@ def assemble_panoptic(
     keep = allowed & (visible > 0)
 
     c = is_thing_class.shape[0]
-    sem = sem_seg.max(dim=0)[1] if sem_seg.dim() == 3 else sem_seg.clone()
+    sem = sem_seg.max(dim=0)[1] if sem_seg.dim() == 3 else sem_seg
     free_stuff = (inst == 0) & ~is_thing_class[sem]
-    stuff_label = sem.masked_fill_(~free_stuff, c)  # c: not a stuff segment
+    stuff_label = torch.where(free_stuff, sem, c)  # c: not a stuff segment
     stuff_area = _counts(stuff_label, torch.cat([is_thing_class, is_thing_class[:1]]))[:c]
     stuff_keep = (stuff_area >= max(stuff_area_min, 1)) & ~is_thing_class
 
