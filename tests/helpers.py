@@ -1,6 +1,7 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """Small CPU models built from the project's configs, for tests."""
 
+import importlib.util
 import os
 import sys
 
@@ -17,6 +18,14 @@ SYNTHETIC_CONFIG = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthet
 CITYSCAPES_CONFIG = os.path.join(
     CONFIGS, "Cityscapes-PanopticSegmentation", "box_panoptic_R_50_FPN.yaml"
 )
+
+
+def load_tool(name: str):
+    """The module ``tools/<name>.py`` (tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 # mapper settings that make the training transforms the identity on the 128x192 fixtures

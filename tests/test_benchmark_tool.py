@@ -1,26 +1,13 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """tools/benchmark.py's post-processing breakdown reads the model's named stages."""
 
-import importlib.util
-import os
-
 import torch
 
-from .helpers import SYNTHETIC_CONFIG, get_model
-
-
-def _tool():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_tool", os.path.join(root, "tools", "benchmark.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+from .helpers import SYNTHETIC_CONFIG, get_model, load_tool
 
 
 def test_post_stages_cover_every_stage_once_and_fit_in_the_inference():
-    tool = _tool()
+    tool = load_tool("benchmark")
     model = get_model(SYNTHETIC_CONFIG).eval()
     with torch.no_grad():
         model.head.box_cls_logits.bias.fill_(3.0)  # detections, so every stage has work

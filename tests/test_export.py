@@ -7,7 +7,7 @@ import torch
 
 from box_panoptic.export import ExportError, PanopticExportModule, export_onnx, export_torchscript
 
-from .helpers import SYNTHETIC_CONFIG, get_model
+from .helpers import SYNTHETIC_CONFIG, get_model, load_tool
 
 H, W = 96, 128
 
@@ -152,19 +152,11 @@ def test_unexportable_models_are_refused():
 
 def test_export_tool_writes_a_loadable_frozen_torchscript_artifact(tmp_path):
     """tools/export_model.py with saved weights: the artifact, loaded back, equals eager."""
-    import importlib.util
-    import os
-
     import torchvision  # noqa: F401  (the artifact calls torchvision's nms)
 
     model = _model()
     torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(root, "tools", "export_model.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("export_model")
     tool.main(
         [
             "--config-file",
