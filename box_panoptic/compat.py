@@ -10,9 +10,10 @@ Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls fir
 
 * ``detectron2._C``: the pure-Python build from PyPI's ``pb1-detectron2`` sdist has no compiled
   extension, and a few detectron2 modules import it at top level (deformable conv, rotated boxes,
-  ROIAlignRotated, the fast COCOeval). A stand-in module makes those imports succeed; calling any
-  of its functions raises :class:`MissingCompiledOpError` naming the operator. box_panoptic uses
-  none of them.
+  ROIAlignRotated, the fast COCOeval). A stand-in module makes those imports succeed; asking it
+  for any operator raises :class:`MissingCompiledOpError` (an AttributeError) naming it.
+  box_panoptic uses none of them, and evaluates COCO AP with pycocotools where the stand-in is
+  installed (:func:`has_compiled_ops`).
 * ``PIL.Image.LINEAR``: removed in Pillow 10, used as a default argument by
   ``detectron2.data.transforms``. Aliased to ``Image.BILINEAR`` (the same filter).
 * ``numpy.int`` / ``numpy.float`` / ``numpy.bool``: removed in numpy 1.24, used by detectron2 0.6's
@@ -31,6 +32,7 @@ from typing import Dict
 __all__ = [
     "MissingCompiledOpError",
     "apply_all",
+    "has_compiled_ops",
     "install_detectron2_C_stub",
     "install_numpy_aliases",
     "install_pillow_linear",
@@ -42,8 +44,11 @@ __all__ = [
 APPLIED: Dict[str, bool] = {}
 
 
-class MissingCompiledOpError(RuntimeError):
-    """Raised when code calls an operator of detectron2's compiled extension that is absent."""
+class MissingCompiledOpError(AttributeError):
+    """Raised when code asks the ``detectron2._C`` stand-in for an operator it does not have.
+
+    An AttributeError, so that ``hasattr(_C, name)`` is False: the stand-in never advertises an
+    operator it lacks (detectron2 main's ``COCOEvaluator`` then falls back to pycocotools)."""
 
 
 class _CompiledOpsStub(types.ModuleType):
@@ -68,16 +73,11 @@ class _CompiledOpsStub(types.ModuleType):
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-
-        def _missing(*args, **kwargs):
-            raise MissingCompiledOpError(
-                f"detectron2._C.{name} is not available: this detectron2 was built without its "
-                "C++/CUDA extension (pure-Python install). Install an official detectron2 build "
-                "to use deformable convolutions, rotated boxes or the fast COCO evaluator."
-            )
-
-        _missing.__name__ = name
-        return _missing
+        raise MissingCompiledOpError(
+            f"detectron2._C.{name} is not available: this detectron2 was built without its "
+            "C++/CUDA extension (pure-Python install). Install an official detectron2 build "
+            "to use deformable convolutions, rotated boxes or the fast COCO evaluator."
+        )
 
 
 def _module_importable(name: str) -> bool:
@@ -106,6 +106,16 @@ def install_detectron2_C_stub() -> bool:
 
     detectron2._C = stub
     return True
+
+
+def has_compiled_ops() -> bool:
+    """Whether detectron2's compiled extension is really there (not the stand-in): the fast
+    COCO evaluator, deformable convolutions and rotated boxes need it."""
+    try:
+        module = importlib.import_module("detectron2._C")
+    except ImportError:
+        return False
+    return not getattr(module, "BOX_PANOPTIC_STUB", False)
 
 
 def install_pillow_linear() -> bool:

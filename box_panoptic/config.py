@@ -24,13 +24,16 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp = _C.MODEL.BOX_PANOPTIC
 
     # ---- classes (METHOD §5, §6) ---------------------------------------------------------------
+    # Left at -1 / [], all three come from the metadata of the datasets in DATASETS.TRAIN / TEST
+    # (box_panoptic.data.class_layout: standard or separated panoptic metadata; things may be
+    # anywhere). Set explicitly, they are checked against that metadata.
     # Semantic classes (stuff + things) predicted by the semantic head. 19 Cityscapes, 133 COCO.
-    bp.NUM_CLASSES = 19
+    bp.NUM_CLASSES = -1
     # Thing classes predicted by the box classifier. 8 Cityscapes, 80 COCO.
-    bp.NUM_THING_CLASSES = 8
-    # [first, last] semantic index of the thing classes (a contiguous block); detection label k
-    # (0-based) is semantic class first + k. Released code: instance_id_range (11, 18).
-    bp.INSTANCE_ID_RANGE = [11, 18]
+    bp.NUM_THING_CLASSES = -1
+    # [first, last] semantic index of the thing classes when they form one contiguous block;
+    # detection label k (0-based) is semantic class first + k. Released code: (11, 18).
+    bp.INSTANCE_ID_RANGE = []
 
     # ---- dense head (METHOD §2.2) --------------------------------------------------------------
     # Registered names: dense head (BOX_PANOPTIC_HEADS_REGISTRY), levelness predictor

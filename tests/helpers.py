@@ -11,6 +11,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from box_panoptic import add_box_panoptic_config
+from box_panoptic.data.class_layout import class_layout_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -44,7 +45,11 @@ def get_cfg_from(path, *opts, datasets=False):
     add_box_panoptic_config(cfg)
     cfg.merge_from_file(path)
     cfg.MODEL.DEVICE = "cpu"
-    if not datasets:
+    if not datasets:  # the class layout the datasets' metadata gives, then no datasets
+        layout = class_layout_from_config(cfg)
+        bp = cfg.MODEL.BOX_PANOPTIC
+        bp.NUM_CLASSES, bp.NUM_THING_CLASSES = layout.num_classes, layout.num_thing_classes
+        bp.INSTANCE_ID_RANGE = [layout.thing_ids[0], layout.thing_ids[-1]]
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
     cfg.merge_from_list(list(opts))
     return cfg

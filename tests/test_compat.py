@@ -26,6 +26,10 @@ class TestCompat(unittest.TestCase):
             self.skipTest("official detectron2 with its compiled extension is installed")
         with self.assertRaisesRegex(compat.MissingCompiledOpError, "nms_rotated"):
             C.nms_rotated(None, None, 0.5)
+        # it advertises nothing it lacks: detectron2 main's COCOEvaluator probes the fast
+        # evaluator's classes, and box_panoptic chooses pycocotools without it
+        self.assertFalse(hasattr(C, "InstanceAnnotation"))
+        self.assertFalse(compat.has_compiled_ops())
 
     def test_C_stub_not_installed_when_real_module_present(self):
         real = types.ModuleType("detectron2._C")

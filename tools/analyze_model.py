@@ -17,7 +17,7 @@ import box_panoptic  # noqa: E402,F401
 from detectron2.modeling import build_model  # noqa: E402
 
 from box_panoptic.analysis import network_gflops  # noqa: E402
-from train_net import setup_for_tool  # noqa: E402
+from box_panoptic.engine import setup_for_tool  # noqa: E402
 
 
 def main(argv=None):

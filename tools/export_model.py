@@ -25,8 +25,8 @@ import box_panoptic  # noqa: E402,F401
 # isort: split
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
+from box_panoptic.engine import build_eval_model, setup_for_tool  # noqa: E402
 from box_panoptic.export import export_onnx, export_torchscript  # noqa: E402
-from train_net import build_eval_model, setup_for_tool  # noqa: E402
 
 
 def main(argv=None):

@@ -76,7 +76,7 @@ def main(argv=None):
     out = save_grid(rows, os.path.join(a.output_dir, "synthetic_ground_truth.png"))
     print(f"[synthetic] ground-truth picture: {out}")
 
-    from train_net import Trainer, setup
+    from box_panoptic.engine import Trainer, setup
 
     args = argparse.Namespace(
         config_file=a.config_file,

@@ -29,12 +29,12 @@ from detectron2.data import (  # noqa: E402
 )
 
 from box_panoptic.data import BoxPanopticDatasetMapper  # noqa: E402
+from box_panoptic.engine import build_eval_model, setup_for_tool  # noqa: E402
 from box_panoptic.evaluation.sigma_search import (  # noqa: E402
     build_cache,
     model_fingerprint,
     sweep,
 )
-from train_net import build_eval_model, setup_for_tool  # noqa: E402
 
 
 def main(argv=None):

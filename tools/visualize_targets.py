@@ -24,9 +24,9 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.utils.colormap import random_color  # noqa: E402
 
 from box_panoptic.data import BoxPanopticDatasetMapper  # noqa: E402
+from box_panoptic.engine import setup_for_tool  # noqa: E402
 from box_panoptic.modeling.targets import assign_locations  # noqa: E402
 from box_panoptic.visualization import save_grid  # noqa: E402
-from train_net import setup_for_tool  # noqa: E402
 
 
 def association_picture(image_rgb: np.ndarray, boxes: torch.Tensor, masks) -> np.ndarray:

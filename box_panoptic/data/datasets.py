@@ -18,13 +18,20 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
-from .synthetic import LABEL_DIVISOR, dataset_paths
+from .synthetic import (
+    DEFAULT_SPECS,
+    LABEL_DIVISOR,
+    dataset_paths,
+    ensure_synthetic_split,
+    synthetic_categories,
+)
 
 __all__ = [
     "PanopticDatasetError",
     "SYNTHETIC_SPLITS",
     "check_panoptic_png",
     "check_record_files",
+    "unknown_category_error",
     "load_synthetic_panoptic",
     "register_synthetic_panoptic",
     "fix_builtin_panoptic_datasets",
@@ -92,14 +99,18 @@ def _read_json(path: str) -> Dict:
         raise PanopticDatasetError(f"{path} cannot be read as JSON: {e}") from e
 
 
-def synthetic_metadata(panoptic_json: str) -> Dict:
-    """detectron2 metadata for a synthetic split, read from the categories of its JSON.
+def synthetic_metadata(panoptic_json: str, split: str = "train") -> Dict:
+    """detectron2 metadata for a synthetic split: from the categories of its JSON, or, before the
+    split exists, from those of :data:`DEFAULT_SPECS` (what a first use generates).
 
     Like detectron2's standard COCO/Cityscapes panoptic metadata, ``thing_classes`` and
     ``stuff_classes`` both list every class (contiguous id order), so the Visualizer can index
     either by contiguous id.
     """
-    cats = _read_json(panoptic_json)["categories"]
+    if os.path.isfile(panoptic_json):
+        cats = _read_json(panoptic_json)["categories"]
+    else:
+        cats = synthetic_categories(DEFAULT_SPECS.get(split, DEFAULT_SPECS["train"]))
     names = [c["name"] for c in cats]
     colors = [list(c["color"]) for c in cats]
     return {
@@ -116,20 +127,33 @@ def synthetic_metadata(panoptic_json: str) -> Dict:
     }
 
 
+def unknown_category_error(panoptic_json: str, known) -> Optional[str]:
+    """The first segment of ``panoptic_json`` whose category is not in ``known``, described
+    (None when there is none or the file cannot be read)."""
+    try:
+        with open(panoptic_json) as f:
+            annotations = json.load(f).get("annotations", [])
+    except (OSError, ValueError):
+        return None
+    for ann in annotations:
+        for seg in ann.get("segments_info", []):
+            if seg.get("category_id") not in known:
+                return (
+                    f"{panoptic_json}: segment {seg.get('id')} of {ann.get('file_name')} has "
+                    f"unknown category {seg.get('category_id')} (known: {sorted(known)})"
+                )
+    return None
+
+
 def _load_coco_format(json_path: str, load, thing_map: Dict, stuff_map: Dict):
     """Run ``load()`` (detectron2's COCO-panoptic loader); its KeyError on a category id that
     the metadata lacks becomes an error naming the JSON, the segment and the category."""
     try:
         return load()
     except KeyError as e:
-        known = set(thing_map) | set(stuff_map)
-        for ann in _read_json(json_path).get("annotations", []):
-            for seg in ann.get("segments_info", []):
-                if seg.get("category_id") not in known:
-                    raise PanopticDatasetError(
-                        f"{json_path}: segment {seg.get('id')} of {ann.get('file_name')} has "
-                        f"unknown category {seg.get('category_id')} (known: {sorted(known)})"
-                    ) from e
+        found = unknown_category_error(json_path, set(thing_map) | set(stuff_map))
+        if found:
+            raise PanopticDatasetError(found) from e
         raise
 
 
@@ -172,8 +196,11 @@ def register_synthetic_panoptic(
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
 
-        def _load(paths=paths):
-            return load_synthetic_panoptic(paths, synthetic_metadata(paths["panoptic_json"]))
+        def _load(root=root, split=split, paths=paths):
+            if not os.path.isfile(paths["panoptic_json"]) and split in DEFAULT_SPECS:
+                # first use: generate the embedded dataset (deterministic, logged)
+                ensure_synthetic_split(root, split, DEFAULT_SPECS[split])
+            return load_synthetic_panoptic(paths, synthetic_metadata(paths["panoptic_json"], split))
 
         DatasetCatalog.register(name, _load)
         meta = MetadataCatalog.get(name)
@@ -186,8 +213,7 @@ def register_synthetic_panoptic(
             ignore_label=255,
             label_divisor=LABEL_DIVISOR,
         )
-        if os.path.isfile(paths["panoptic_json"]):
-            meta.set(**synthetic_metadata(paths["panoptic_json"]))
+        meta.set(**synthetic_metadata(paths["panoptic_json"], split))
 
 
 def _cityscapes_sem_seg_file(image_file: str) -> str:

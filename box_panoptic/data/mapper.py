@@ -4,8 +4,12 @@
 Produces "image" (3, H, W) uint8 in ``INPUT.FORMAT``, and for training "instances" (gt_boxes,
 gt_classes = thing label 0..K_th-1, gt_masks unless weak supervision), "sem_seg" (H, W) long with
 255 = ignore, and "crowd_mask" (H, W) bool. Crowd segments are neither instances nor negatives.
-In weak supervision the panoptic PNG (the instance masks) is never read: boxes come from the
-JSON's ``bbox`` and semantic labels from ``sem_seg_file_name``.
+In weak supervision no instance mask is used: boxes come from the JSON's ``bbox`` and semantic
+labels from ``sem_seg_file_name`` (or, for datasets without semantic PNGs, from the panoptic PNG
+collapsed to classes).
+
+Segment categories arrive as the dataset's contiguous ids (with ``isthing``) and are mapped to
+the model's semantic classes by the :class:`~.class_layout.ClassLayout`.
 """
 
 import copy
@@ -22,9 +26,10 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from .augmentation import PanopticAugInput, ThingAwareCrop
+from .class_layout import ClassLayout, class_layout_from_config
 from .datasets import PanopticDatasetError, rgb2id
 
-__all__ = ["BoxPanopticDatasetMapper", "build_augmentations"]
+__all__ = ["BoxPanopticDatasetMapper", "build_augmentations", "semantic_from_panoptic"]
 
 logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
 
@@ -46,6 +51,17 @@ def build_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
     return augs
 
 
+def semantic_from_panoptic(ids: np.ndarray, segments: List[Dict], ignore_label: int = 255):
+    """(H, W) int64 class of each pixel's segment (``category_id``); ``ignore_label`` where the
+    panoptic id map ``ids`` (H, W) is 0 (void) or names no segment."""
+    keys = np.array([0] + [s["id"] for s in segments], np.int64)
+    values = np.array([ignore_label] + [s["category_id"] for s in segments], np.int64)
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+    pos = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
+    return np.where(keys[pos] == ids, values[pos], ignore_label)
+
+
 class BoxPanopticDatasetMapper:
     """Maps one detectron2 panoptic record (``file_name``, ``pan_seg_file_name``,
     ``segments_info`` with contiguous ``category_id``/``isthing``/``iscrowd``) to model inputs."""
@@ -57,7 +73,7 @@ class BoxPanopticDatasetMapper:
         *,
         augmentations: List,
         image_format: str,
-        thing_semantic_ids: List[int],
+        class_layout: ClassLayout,
         weak_supervision: bool = False,
         ignore_label: int = 255,
         bad_sample_policy: str = "raise",
@@ -65,7 +81,9 @@ class BoxPanopticDatasetMapper:
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
-        self.thing_label = {c: k for k, c in enumerate(thing_semantic_ids)}
+        self.layout = class_layout
+        self.thing_label = {c: k for k, c in enumerate(class_layout.thing_ids)}
+        self.model_class = class_layout.model_classes()
         self.weak = weak_supervision
         self.ignore_label = ignore_label
         if bad_sample_policy not in ("raise", "skip"):
@@ -77,12 +95,11 @@ class BoxPanopticDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        first, last = cfg.MODEL.BOX_PANOPTIC.INSTANCE_ID_RANGE
         return {
             "is_train": is_train,
             "augmentations": build_augmentations(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
-            "thing_semantic_ids": list(range(first, last + 1)),
+            "class_layout": class_layout_from_config(cfg),
             "weak_supervision": cfg.MODEL.BOX_PANOPTIC.WEAK_SUPERVISION,
             "bad_sample_policy": cfg.INPUT.BAD_SAMPLE_POLICY if is_train else "raise",
         }
@@ -110,15 +127,32 @@ class BoxPanopticDatasetMapper:
             lambda im: rgb2id(np.asarray(im.convert("RGB"))),
         )
 
-    def _read_sem_seg(self, d: Dict, shape) -> np.ndarray:
+    def _read_sem_seg(self, d: Dict, segs: List[Dict], shape) -> np.ndarray:
+        """(H, W) model classes, 255 = ignore: the semantic PNG when the dataset has one in the
+        model's classes, else the panoptic PNG collapsed to each segment's class."""
         path = d.get("sem_seg_file_name")
-        if path is None:
-            raise PanopticDatasetError(
-                f"image {d['file_name']}: weak supervision needs sem_seg_file_name"
+        if path is not None and self.layout.is_identity:
+            return self._read_label_png(
+                d, path, "semantic", shape, lambda im: np.asarray(im, dtype=np.int64)
             )
-        return self._read_label_png(
-            d, path, "semantic", shape, lambda im: np.asarray(im, dtype=np.int64)
-        )
+        ids = self._read_panoptic(dict(d, segments_info=segs), shape)
+        return semantic_from_panoptic(ids, segs, self.ignore_label)
+
+    def _to_model_classes(self, d: Dict, seg: Dict) -> Dict:
+        """``seg`` with ``category_id`` the model's semantic class (:class:`ClassLayout`) and
+        ``isthing`` set from it."""
+        cat, isthing = seg["category_id"], seg.get("isthing")
+        if isthing is None and self.layout.is_identity:
+            isthing = cat in self.thing_label
+        cls = self.model_class.get((cat, bool(isthing)))
+        if cls is None:
+            kind = "thing" if isthing else "stuff"
+            known = sorted(o for o, t in self.model_class if t == bool(isthing))
+            raise PanopticDatasetError(
+                f"image {d['file_name']}: segment {seg['id']} has {kind} category {cat}, not a "
+                f"{kind} class of the model ({known})"
+            )
+        return dict(seg, category_id=cls, isthing=cls in self.thing_label)
 
     def _check_segments(self, d: Dict, ids: np.ndarray):
         """PNG ids and JSON segments must agree both ways (before any crop)."""
@@ -160,13 +194,7 @@ class BoxPanopticDatasetMapper:
         except Exception as e:  # detectron2 raises SizeMismatchError (a ValueError subclass)
             raise PanopticDatasetError(f"image {d['file_name']}: {e}") from e
         shape = image.shape[:2]
-        segs = d.pop("segments_info")
-        for s in segs:
-            if s.get("isthing") and s["category_id"] not in self.thing_label:
-                raise PanopticDatasetError(
-                    f"image {d['file_name']}: segment {s['id']} has category {s['category_id']}, "
-                    f"not a thing class of the model ({sorted(self.thing_label)})"
-                )
+        segs = [self._to_model_classes(d, s) for s in d.pop("segments_info")]
         if self.weak and self.is_train:
             return self._weak(d, image, segs, shape)
         ids = self._read_panoptic(dict(d, segments_info=segs), shape)
@@ -206,8 +234,8 @@ class BoxPanopticDatasetMapper:
         return d
 
     def _weak(self, d, image, segs, shape):
-        """Boxes from the JSON bbox and labels from the semantic PNG; never the panoptic PNG."""
-        sem = self._read_sem_seg(d, shape)
+        """Boxes from the JSON bbox and semantic labels; never an instance mask."""
+        sem = self._read_sem_seg(d, segs, shape)
         aug = PanopticAugInput(
             image, sem_seg=sem.astype(np.float64), thing_mask=np.isin(sem, list(self.thing_label))
         )

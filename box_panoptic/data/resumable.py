@@ -35,6 +35,8 @@ from torch.utils import data
 from detectron2.data.build import trivial_batch_collator
 from detectron2.utils import comm
 
+from .worker_lifecycle import WorkerStopFlag
+
 __all__ = ["ResumableTrainStream", "ResumableTrainLoader", "sample_seed", "count_skipped"]
 
 logger = logging.getLogger(__name__)
@@ -163,16 +165,12 @@ class ResumableTrainStream(data.IterableDataset):
         )
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """Loader workers leave SIGTERM to the trainer, which saves a checkpoint before exiting."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 class ResumableTrainLoader:
     """The trainer's data loader: an iterable that builds its :class:`ResumableTrainStream` on
     the first ``next``, after ``resume_or_load`` has set ``start_iter`` and restored ``seed``.
+
+    Its loader workers keep working through a SIGTERM to the process group (the trainer saves
+    first) and stop as soon as the trainer stops (:mod:`.worker_lifecycle`).
 
     Also a checkpointable (``state_dict`` holds the stream seed), so that a run with a random
     seed (``SEED: -1``) resumes the same stream.
@@ -185,6 +183,8 @@ class ResumableTrainLoader:
         self.seed = int(seed)
         self.start_iter = 0
         self.num_workers = int(num_workers)
+        self._stop: Optional[WorkerStopFlag] = None
+        self._iterator = None
 
     def __iter__(self) -> Iterator[List[Dict]]:
         stream = self.make_stream(self.seed, self.start_iter)
@@ -192,7 +192,23 @@ class ResumableTrainLoader:
             f"Training data stream: seed {self.seed}, from iteration {self.start_iter}, "
             f"{self.num_workers} loader workers"
         )
-        yield from stream.loader(self.num_workers, _ignore_sigterm)
+        self.close()  # a second iteration replaces the first one's workers
+        self._stop = WorkerStopFlag()
+        self._iterator = iter(stream.loader(self.num_workers, self._stop.worker_init))
+        try:
+            yield from self._iterator
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the loader workers now (idempotent). The trainer calls it when training ends,
+        normally or by an exception, so that no worker delays the process's exit."""
+        if self._stop is not None:
+            self._stop.set()
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-worker iterator
+        if shutdown is not None:
+            shutdown()
 
     def state_dict(self) -> Dict:
         return {"seed": self.seed}

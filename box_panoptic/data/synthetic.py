@@ -16,7 +16,9 @@ things. Deterministic for a seed: the same arguments give byte-identical files.
 """
 
 import argparse
+import fcntl
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -25,6 +27,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
+from ..atomic_file import atomic_write
+
 __all__ = [
     "SyntheticSpec",
     "THING_CATALOG",
@@ -32,6 +36,8 @@ __all__ = [
     "synthetic_categories",
     "generate_synthetic_panoptic",
     "dataset_paths",
+    "DEFAULT_SPECS",
+    "ensure_synthetic_split",
     "id2rgb",
     "main",
 ]
@@ -60,6 +66,8 @@ VOID_PROB = 0.15  # probability that an image holds one void blob
 EMPTY_PROB = 0.1  # probability that an image holds no things at all
 TOUCH_PROB = 0.35  # probability that an instance is placed against one of its own class
 MIN_VISIBLE = 24  # instances occluded below this many pixels are removed from the labels
+logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
+
 LABEL_DIVISOR = 1000  # segment id = category_id * LABEL_DIVISOR + instance index
 
 
@@ -118,6 +126,14 @@ class SyntheticSpec:
                 f"synthetic dataset: max_instances={self.max_instances} objects of at least "
                 f"{lo}x{lo} px do not fit in a {self.height}x{self.width} image"
             )
+
+
+# The embedded dataset of the main job (README command (a)) and of a first `train_net.py` run on
+# the synthetic config: 128x192 images (the config's input size), seeds 0 / 1.
+DEFAULT_SPECS: Dict[str, SyntheticSpec] = {
+    "train": SyntheticSpec(num_images=96, height=128, width=192, min_object_size=8, seed=0),
+    "val": SyntheticSpec(num_images=24, height=128, width=192, min_object_size=8, seed=1),
+}
 
 
 def synthetic_categories(spec: SyntheticSpec) -> List[Dict]:
@@ -421,18 +437,45 @@ def generate_synthetic_panoptic(root: str, split: str, spec: SyntheticSpec) -> D
         )
         annotations.append({"image_id": i, "file_name": name + ".png", "segments_info": segments})
     info = {"description": "box_panoptic synthetic panoptic dataset", "spec": asdict(spec)}
-    with open(paths["panoptic_json"], "w") as f:
-        json.dump(
-            {
-                "info": info,
-                "licenses": [],
-                "images": images,
-                "annotations": annotations,
-                "categories": cats,
-            },
-            f,
-        )
+    content = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": cats,
+    }
+    # written last and atomically: its presence says the split is complete
+    atomic_write(paths["panoptic_json"], lambda f: json.dump(content, f), text=True)
     return paths
+
+
+def ensure_synthetic_split(root: str, split: str, spec: SyntheticSpec) -> Dict[str, str]:
+    """Generate ``split`` under ``root`` unless its JSON records ``spec`` already (one process at
+    a time: others wait on a lock file, then find it done). Returns its paths."""
+    paths = dataset_paths(root, split)
+    os.makedirs(os.path.dirname(paths["panoptic_json"]), exist_ok=True)
+    lock_path = os.path.join(os.path.dirname(paths["panoptic_json"]), f".{split}.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if _recorded_spec(paths["panoptic_json"]) != asdict(spec):
+                logger.info(
+                    f"generating the synthetic {split} split ({spec.num_images} images) under "
+                    f"{os.path.dirname(os.path.dirname(paths['panoptic_json']))}"
+                )
+                generate_synthetic_panoptic(root, split, spec)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return paths
+
+
+def _recorded_spec(panoptic_json: str):
+    """The spec recorded in a synthetic split's JSON, or None (absent or unreadable)."""
+    try:
+        with open(panoptic_json) as f:
+            return json.load(f).get("info", {}).get("spec")
+    except (OSError, ValueError):
+        return None
 
 
 # SyntheticSpec fields settable from the command line (besides counts and seed)

@@ -19,6 +19,8 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.utils.registry import Registry
 
+from ..data.class_layout import class_layout_from_config
+
 __all__ = [
     "BOX_PANOPTIC_HEADS_REGISTRY",
     "LEVELNESS_HEAD_REGISTRY",
@@ -132,7 +134,7 @@ class BoxPanopticHead(nn.Module):
         bp = cfg.MODEL.BOX_PANOPTIC
         return {
             "input_shape": [input_shape[f] for f in bp.IN_FEATURES],
-            "num_thing_classes": bp.NUM_THING_CLASSES,
+            "num_thing_classes": class_layout_from_config(cfg).num_thing_classes,
             "num_convs": bp.NUM_CONVS,
             "cls_channels": bp.CLS_TOWER_CHANNELS,
             "bbox_channels": bp.BBOX_TOWER_CHANNELS,
@@ -249,7 +251,7 @@ class BoxPanopticSemanticHead(nn.Module):
         return {
             "in_channels": bp.CLS_TOWER_CHANNELS,
             "num_levels": len(bp.IN_FEATURES),
-            "num_classes": bp.NUM_CLASSES,
+            "num_classes": class_layout_from_config(cfg).num_classes,
             "init_std": bp.INIT_STD,
         }
 

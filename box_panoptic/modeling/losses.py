@@ -11,6 +11,7 @@ from torch import nn
 
 from detectron2.utils import comm
 
+from ..data.class_layout import class_layout_from_config
 from .inference import level_locations
 from .mask_construction import dense_box_map, location_term
 from .targets import centerness_targets, fcos_targets, levelness_targets, size_ranges
@@ -37,14 +38,15 @@ class BoxPanopticCriterion(nn.Module):
         super().__init__()
         bp = cfg.MODEL.BOX_PANOPTIC
         # fmt: off
-        self.num_thing_classes = bp.NUM_THING_CLASSES
+        layout = class_layout_from_config(cfg)
+        self.num_thing_classes = layout.num_thing_classes
         self.ranges            = size_ranges(bp.SIZES_OF_INTEREST, len(bp.IN_FEATURES))
         self.focal_alpha       = bp.FOCAL_ALPHA
         self.focal_gamma       = bp.FOCAL_GAMMA
         self.weak              = bp.WEAK_SUPERVISION
         self.mask_loss         = bp.MASK_LOSS and not bp.WEAK_SUPERVISION
         self.location_term     = bp.LOCATION_TERM
-        self.thing_start       = bp.INSTANCE_ID_RANGE[0]
+        self.register_buffer("thing_ids", torch.tensor(layout.thing_ids), persistent=False)
         self.weights = {"loss_cls": bp.LOSS_WEIGHT_CLS, "loss_box": bp.LOSS_WEIGHT_BOX,
                         "loss_ctr": bp.LOSS_WEIGHT_CTR, "loss_sem_seg": bp.LOSS_WEIGHT_SEM,
                         "loss_levelness": bp.LOSS_WEIGHT_LEVELNESS,
@@ -187,7 +189,7 @@ class BoxPanopticCriterion(nn.Module):
             if boxes.shape[0] == 0:
                 continue
             loc = location_term(boxes, dense[i].reshape(4, -1).t(), self.location_term)
-            psem = sem_prob[i].reshape(sem_prob.shape[1], -1)[classes + self.thing_start]
+            psem = sem_prob[i].reshape(sem_prob.shape[1], -1)[self.thing_ids[classes]]
             s = (loc * psem).clamp(1e-4, 1 - 1e-4)
             target = masks[:, yi.clamp(max=masks.shape[1] - 1), xi.clamp(max=masks.shape[2] - 1)]
             terms.append(F.binary_cross_entropy(s, target.float()))

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
+from ..data.class_layout import class_layout_from_config
 from .assembly import PANOPTIC_ASSEMBLY_REGISTRY
 from .head import build_box_panoptic_head, build_levelness_head
 from .inference import decode_detections
@@ -23,36 +23,7 @@ from .mask_construction import boxes_from_ltrb, dense_box_map, resized_level_reg
 from .semantic_labels import semantic_labels
 from .upsampling import Candidates, OutputGrid, output_grid
 
-__all__ = ["BoxPanoptic", "check_classes_against_metadata", "instance_masks", "segments_info"]
-
-
-def check_classes_against_metadata(cfg) -> None:
-    """Refuse a config whose class counts disagree with its datasets' metadata (both numbers)."""
-    bp = cfg.MODEL.BOX_PANOPTIC
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        meta = MetadataCatalog.get(name)
-        if not hasattr(meta, "stuff_classes") or not hasattr(
-            meta, "thing_dataset_id_to_contiguous_id"
-        ):
-            continue  # not registered here, or not a panoptic dataset
-        n_all = len(meta.stuff_classes)
-        things = sorted(meta.thing_dataset_id_to_contiguous_id.values())
-        if n_all != bp.NUM_CLASSES:
-            raise ValueError(
-                f"MODEL.BOX_PANOPTIC.NUM_CLASSES = {bp.NUM_CLASSES} but dataset {name!r} has "
-                f"{n_all} classes"
-            )
-        if len(things) != bp.NUM_THING_CLASSES:
-            raise ValueError(
-                f"MODEL.BOX_PANOPTIC.NUM_THING_CLASSES = {bp.NUM_THING_CLASSES} but dataset "
-                f"{name!r} has {len(things)} thing classes"
-            )
-        first, last = bp.INSTANCE_ID_RANGE
-        if things != list(range(first, last + 1)):
-            raise ValueError(
-                f"MODEL.BOX_PANOPTIC.INSTANCE_ID_RANGE = {[first, last]} but the thing classes "
-                f"of dataset {name!r} have contiguous ids {things}"
-            )
+__all__ = ["BoxPanoptic", "instance_masks", "segments_info"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -94,6 +65,7 @@ class BoxPanoptic(nn.Module):
         assembly_candidates: int = 4,
         channels_last: bool = True,
         benchmark_network_speed: bool = False,
+        output_category_ids: Optional[Sequence[int]] = None,
     ):
         """
         Args:
@@ -102,6 +74,8 @@ class BoxPanoptic(nn.Module):
                 levelness_head: levelness predictor (LEVELNESS_HEAD_REGISTRY).
             strides: stride of each of ``in_features``.
             thing_semantic_ids: semantic class index of each thing label (K_th entries).
+            output_category_ids: the dataset contiguous id that outputs report for each semantic
+                class (``ClassLayout.output_ids``); default: the semantic index itself.
             pixel_mean, pixel_std, input_format: input normalisation (METHOD 9.3).
             size_divisibility: inputs are padded to a multiple of this.
             criterion: training losses; required only for training.
@@ -128,6 +102,9 @@ class BoxPanoptic(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.register_buffer("thing_semantic_ids", torch.tensor(thing_semantic_ids).long(), False)
+        self.output_category_ids = (
+            None if output_category_ids is None else [int(c) for c in output_category_ids]
+        )
         # fmt: off
         self.pre_nms_thresh          = pre_nms_thresh
         self.pre_nms_top_n           = pre_nms_top_n
@@ -149,7 +126,7 @@ class BoxPanoptic(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        check_classes_against_metadata(cfg)
+        layout = class_layout_from_config(cfg)  # checks explicit class keys against the metadata
         bp = cfg.MODEL.BOX_PANOPTIC
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
@@ -157,12 +134,6 @@ class BoxPanoptic(nn.Module):
         if missing:
             raise ValueError(
                 f"BoxPanoptic: backbone has no features {missing} (has {list(shapes)})"
-            )
-        first, last = bp.INSTANCE_ID_RANGE
-        if last - first + 1 != bp.NUM_THING_CLASSES:
-            raise ValueError(
-                f"MODEL.BOX_PANOPTIC.INSTANCE_ID_RANGE {[first, last]} holds {last - first + 1} "
-                f"classes but NUM_THING_CLASSES = {bp.NUM_THING_CLASSES}"
             )
         from .losses import BoxPanopticCriterion  # training only
 
@@ -174,7 +145,8 @@ class BoxPanoptic(nn.Module):
             "criterion": BoxPanopticCriterion(cfg),
             "in_features": bp.IN_FEATURES,
             "strides": [shapes[f].stride for f in bp.IN_FEATURES],
-            "thing_semantic_ids": list(range(first, last + 1)),
+            "thing_semantic_ids": list(layout.thing_ids),
+            "output_category_ids": list(layout.output_ids),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
@@ -424,17 +396,22 @@ class BoxPanoptic(nn.Module):
         out_boxes.clip((oh, ow))
         with _stage("instance_masks"):
             masks = instance_masks(candidates, sigma, len(cache["scores"]))
+        ids = self.output_category_ids
         instances = Instances(
             (oh, ow),
             pred_boxes=out_boxes,
             scores=cache["scores"],
-            pred_classes=cache["classes"],
+            pred_classes=(
+                cache["classes"]
+                if ids is None
+                else cache["classes"].new_tensor(ids)[cache["classes"]]
+            ),
             pred_masks=masks,
         )
         return {
             "sem_seg": sem_seg,
             "instances": instances,
-            "panoptic_seg": (r["panoptic"], segments_info(r)),
+            "panoptic_seg": (r["panoptic"], segments_info(r, ids)),
         }
 
 
@@ -458,12 +435,17 @@ def instance_masks(candidates: Candidates, sigma: float, num: int) -> torch.Tens
     return masks[1:].view(num, h, w)
 
 
-def segments_info(r: Dict[str, torch.Tensor]) -> List[Dict]:
-    """detectron2's ``segments_info`` from :func:`assemble_panoptic`'s segment table."""
+def segments_info(
+    r: Dict[str, torch.Tensor], output_category_ids: Optional[Sequence[int]] = None
+) -> List[Dict]:
+    """detectron2's ``segments_info`` from :func:`assemble_panoptic`'s segment table, with
+    ``category_id`` the dataset contiguous id of each semantic class (``output_category_ids``;
+    default: the semantic index)."""
+    ids = output_category_ids
     return [
         {
             "id": k + 1,
-            "category_id": int(c),
+            "category_id": int(c) if ids is None else ids[c],
             "isthing": bool(t),
             "area": int(a),
             **({"score": float(s)} if t else {}),

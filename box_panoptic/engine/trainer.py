@@ -1,0 +1,193 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""detectron2's DefaultTrainer with box_panoptic's data path, evaluators and reliability hooks,
+and the config setup that ``train_net.py`` and the tools share."""
+
+import argparse
+import logging
+import os
+
+from detectron2.config import get_cfg
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    DatasetEvaluators,
+)
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+
+from ..checkpoint import SafeCheckpointer
+from ..config import add_box_panoptic_config
+from ..data import BoxPanopticDatasetMapper
+from ..data.loading import load_panoptic_dicts
+from ..data.resumable import ResumableTrainLoader, ResumableTrainStream, count_skipped
+from ..evaluation import (
+    PanopticEvaluatorWithTables,
+    PanopticInstanceEvaluator,
+    PanopticSemSegEvaluator,
+)
+from .preemption import PreemptionCheckpoint
+
+__all__ = [
+    "Trainer",
+    "build_eval_model",
+    "report_skipped_samples",
+    "setup",
+    "setup_for_tool",
+    "skip_log_path",
+]
+
+SKIP_LOG = "skipped_samples.jsonl"
+
+logger = logging.getLogger("detectron2." + __name__)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with box_panoptic's mapper, a data stream that resumes exactly, atomic
+    checkpoints, a checkpoint on SIGTERM/SIGINT, loader workers that never outlive training and
+    the panoptic, semantic and instance evaluators. Datasets are read through
+    :func:`~box_panoptic.data.loading.load_panoptic_dicts` (errors name the dataset and file)."""
+
+    def build_hooks(self):
+        # atomic checkpoint files and a finiteness check on load (box_panoptic.checkpoint);
+        # the data stream's seed is saved with every checkpoint
+        old = self.checkpointer
+        extra = {}
+        if isinstance(self._trainer.data_loader, ResumableTrainLoader):
+            extra["data_stream"] = self._trainer.data_loader
+        if "optimizer" not in self.state_dict():
+            # detectron2 0.6's trainer state holds no optimizer: without this, --resume restarts
+            # SGD momentum at zero and ends with other weights than an uninterrupted run
+            extra["optimizer"] = self.optimizer
+            scaler = getattr(self._trainer, "grad_scaler", None)
+            if scaler is not None:
+                extra["grad_scaler"] = scaler
+        self.checkpointer = SafeCheckpointer(
+            old.model, old.save_dir, **old.checkpointables, **extra
+        )
+        return super().build_hooks() + [PreemptionCheckpoint(self.checkpointer)]
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if isinstance(self._trainer.data_loader, ResumableTrainLoader):
+            self._trainer.data_loader.start_iter = self.start_iter
+
+    def train(self):
+        try:
+            return super().train()
+        finally:
+            if isinstance(self._trainer.data_loader, ResumableTrainLoader):
+                self._trainer.data_loader.close()  # no worker may delay the exit
+            report_skipped_samples(self.cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        kind = MetadataCatalog.get(dataset_name).evaluator_type
+        if kind == "coco_panoptic_seg":
+            evaluators = [
+                PanopticEvaluatorWithTables(dataset_name, output_folder),
+                PanopticSemSegEvaluator(dataset_name, output_dir=output_folder),
+                PanopticInstanceEvaluator(dataset_name, output_folder),
+            ]
+        elif kind == "cityscapes_panoptic_seg":
+            evaluators = [
+                PanopticEvaluatorWithTables(dataset_name, output_folder),
+                CityscapesSemSegEvaluator(dataset_name),
+                CityscapesInstanceEvaluator(dataset_name),
+            ]
+        else:
+            raise NotImplementedError(f"no evaluator for dataset {dataset_name} of type {kind!r}")
+        return DatasetEvaluators(evaluators)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = BoxPanopticDatasetMapper(cfg, True)
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning(
+                f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN}: detectron2's "
+                "loader is used, and --resume does not replay the exact sample stream"
+            )
+            return build_detection_train_loader(
+                cfg, dataset=load_panoptic_dicts(cfg.DATASETS.TRAIN), mapper=mapper
+            )
+        records = load_panoptic_dicts(cfg.DATASETS.TRAIN)
+        skip_log = skip_log_path(cfg)
+
+        def make_stream(seed, start_iter):
+            return ResumableTrainStream(
+                records,
+                mapper,
+                cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
+                seed,
+                start_iter,
+                cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+                skip_log,
+            )
+
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return ResumableTrainLoader(make_stream, seed, cfg.DATALOADER.NUM_WORKERS)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            load_panoptic_dicts([dataset_name]),
+            mapper=BoxPanopticDatasetMapper(cfg, False),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+
+def build_eval_model(cfg):
+    """The config's model in eval mode, with MODEL.WEIGHTS loaded when set."""
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        SafeCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model
+
+
+def skip_log_path(cfg):
+    """Where every process and loader worker records the bad samples it skips (None: nowhere)."""
+    return os.path.join(cfg.OUTPUT_DIR, SKIP_LOG) if cfg.OUTPUT_DIR else None
+
+
+def report_skipped_samples(cfg) -> int:
+    """Log the bad samples skipped by every worker and process (INPUT.BAD_SAMPLE_POLICY skip)."""
+    if cfg.INPUT.BAD_SAMPLE_POLICY != "skip" or not comm.is_main_process():
+        return 0
+    path = skip_log_path(cfg)
+    total = count_skipped(path)
+    logging.getLogger("box_panoptic").warning(
+        f"bad samples skipped in this training: {total} in total"
+        + (f" (see {path})" if total else "")
+    )
+    return total
+
+
+def setup(args):
+    """get_cfg, add_box_panoptic_config, the file, the command-line opts, freeze, default_setup."""
+    cfg = get_cfg()
+    add_box_panoptic_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def setup_for_tool(config_file: str, opts=()):
+    """:func:`setup` for the tools: one process, no training."""
+    return setup(
+        argparse.Namespace(
+            config_file=config_file,
+            opts=list(opts),
+            resume=False,
+            eval_only=True,
+            num_gpus=1,
+            machine_rank=0,
+        )
+    )
