@@ -14,13 +14,12 @@ import box_panoptic  # noqa: F401  (first: compatibility shims + registration)
 # isort: split
 from detectron2.engine import default_argument_parser
 
-from box_panoptic.data.user_datasets import register_coco_panoptic_from_json
+from box_panoptic.data.user_datasets import add_coco_panoptic_argument, register_from_args
 from box_panoptic.engine import SafeCheckpointer, Trainer, launch, setup
 
 
 def main(args):
-    for name, image_root, panoptic_root, panoptic_json in args.coco_panoptic or ():
-        register_coco_panoptic_from_json(name, image_root, panoptic_root, panoptic_json)
+    register_from_args(args)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -35,14 +34,7 @@ def main(args):
 
 def argument_parser():
     parser = default_argument_parser()
-    parser.add_argument(
-        "--coco-panoptic",
-        nargs=4,
-        action="append",
-        metavar=("NAME", "IMAGE_ROOT", "PANOPTIC_ROOT", "PANOPTIC_JSON"),
-        help="register a COCO-panoptic dataset with detectron2's register_coco_panoptic, its "
-        "class layout read from the JSON's categories (repeatable)",
-    )
+    add_coco_panoptic_argument(parser)
     return parser
 
 

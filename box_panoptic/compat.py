@@ -18,21 +18,26 @@ Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls fir
   ``detectron2.data.transforms``. Aliased to ``Image.BILINEAR`` (the same filter).
 * ``numpy.int`` / ``numpy.float`` / ``numpy.bool``: removed in numpy 1.24, used by detectron2 0.6's
   ``SemSegEvaluator`` and mask utilities. Aliased to the builtins, which is what they always were.
+* ``numpy.in1d`` (removed in numpy 2.4), called by cityscapesscripts 2.3's evaluation scripts:
+  :func:`numpy_in1d` provides it only for the duration of a ``with`` block (box_panoptic's
+  Cityscapes evaluators run detectron2's inside one); it is never left in the process.
 * ``detectron2.engine.defaults.create_ddp_model``: always passes ``device_ids=[local_rank]``,
   which DistributedDataParallel refuses for a CPU model. Wrapped so that a model whose parameters
   live on the CPU gets ``device_ids=None``; GPU models are passed through unchanged.
 """
 
+import contextlib
 import importlib
 import importlib.util
 import sys
 import types
-from typing import Dict
+from typing import Dict, Iterator
 
 __all__ = [
     "MissingCompiledOpError",
     "apply_all",
     "has_compiled_ops",
+    "numpy_in1d",
     "install_detectron2_C_stub",
     "install_numpy_aliases",
     "install_pillow_linear",
@@ -140,6 +145,31 @@ def install_numpy_aliases() -> bool:
             setattr(np, name, builtin)
             installed = True
     return installed
+
+
+@contextlib.contextmanager
+def numpy_in1d() -> Iterator[bool]:
+    """``numpy.in1d`` within the block where numpy lacks it (>= 2.4); yields whether it was
+    added. cityscapesscripts 2.3 calls it; ``isin(...).ravel()`` is what it always computed."""
+    import numpy as np
+
+    try:
+        np.in1d  # noqa: B018  (numpy >= 2.4 raises AttributeError)
+        present = True
+    except AttributeError:
+        present = False
+    if present:
+        yield False
+        return
+
+    def in1d(ar1, ar2, assume_unique=False, invert=False):
+        return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
+
+    np.in1d = in1d
+    try:
+        yield True
+    finally:
+        del np.in1d
 
 
 def install_cpu_ddp() -> bool:

@@ -46,9 +46,11 @@ def check_exportable(model: nn.Module) -> None:
 
 
 class PanopticExportModule(nn.Module):
-    """image (3, H, W) uint8/float in the model's INPUT.FORMAT ->
+    """image (3, H, W) uint8/float in the model's INPUT.FORMAT, already at the model's test size
+    (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``: the artifact does not resize) ->
     (panoptic (H, W) int32, segments (S, 4) float [category, isthing, score, area],
-    sem_seg (C, H, W) float logits)."""
+    sem_seg (C, H, W) float logits). ``category`` is the dataset's contiguous id (as
+    ``segments_info``'s ``category_id``); segment k has id k + 1 in ``panoptic``."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -68,9 +70,12 @@ class PanopticExportModule(nn.Module):
         out = self.model.network(images)
         cache = self.model.decode(out, inputs, images)[0]
         sem_seg, _, r = self.model.panoptic_outputs(cache)
+        category = r["segment_category"]
+        if self.model.output_category_ids is not None:  # the dataset's contiguous ids
+            category = category.new_tensor(self.model.output_category_ids)[category]
         table = torch.stack(
             [
-                r["segment_category"].float(),
+                category.float(),
                 r["segment_isthing"].float(),
                 r["segment_score"].float(),
                 r["segment_area"].float(),

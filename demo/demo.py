@@ -8,8 +8,10 @@
     python demo/demo.py ... --video-input clip.mp4 --output clip_panoptic.mp4
 
 Draws ``Visualizer.draw_panoptic_seg``; ``--levelness`` also saves the levelness argmax map
-(the FPN level chosen at each pixel, black = background). An unreadable file is reported by name
-and the rest of the inputs are still processed.
+(the FPN level chosen at each pixel, black = background). An unreadable file is reported by name,
+the rest of the inputs are still processed, and the demo exits with status 1. ``--scale 4``
+enlarges small images' pictures; ``--confidence-threshold`` sets the detection score threshold;
+``--coco-panoptic NAME IMAGES PNGS JSON`` registers a user's dataset for its class names.
 """
 
 import argparse
@@ -34,6 +36,10 @@ from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from box_panoptic import add_box_panoptic_config  # noqa: E402
+from box_panoptic.data.user_datasets import (  # noqa: E402
+    add_coco_panoptic_argument,
+    register_from_args,
+)
 
 logger = logging.getLogger("box_panoptic.demo")
 
@@ -47,10 +53,13 @@ LEVEL_COLORS = np.array(
 def setup_cfg(args):
     from detectron2.config import get_cfg
 
+    register_from_args(args)
     cfg = get_cfg()
     add_box_panoptic_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if args.confidence_threshold is not None:
+        cfg.MODEL.BOX_PANOPTIC.DET_SCORE_THRESH = args.confidence_threshold
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
@@ -60,15 +69,16 @@ def setup_cfg(args):
 class PanopticDemo:
     """Runs the model on BGR images and draws its panoptic output (and levelness)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, scale: float = 1.0):
         self.predictor = DefaultPredictor(cfg)
+        self.scale = scale
         name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
         self.metadata = MetadataCatalog.get(name)
 
     def run(self, bgr: np.ndarray):
         out = self.predictor(bgr)
         pan, segments = out["panoptic_seg"]
-        vis = Visualizer(bgr[:, :, ::-1], self.metadata)
+        vis = Visualizer(bgr[:, :, ::-1], self.metadata, scale=self.scale)
         return out, vis.draw_panoptic_seg(pan.to("cpu"), segments).get_image()
 
     def levelness(self, bgr: np.ndarray) -> np.ndarray:
@@ -83,7 +93,8 @@ class PanopticDemo:
             images = model.preprocess_image([{"image": x}])
             lev = model.network(images)["levelness"][0].argmax(0).cpu().numpy()
         pic = LEVEL_COLORS[lev].repeat(4, 0).repeat(4, 1)[: image.shape[0], : image.shape[1]]
-        return cv2.resize(pic, (w, h), interpolation=cv2.INTER_NEAREST)
+        size = (round(w * self.scale), round(h * self.scale))
+        return cv2.resize(pic, size, interpolation=cv2.INTER_NEAREST)
 
 
 def _inputs(patterns):
@@ -101,10 +112,20 @@ def main(argv=None):
     p.add_argument("--video-input")
     p.add_argument("--output", required=True, help="folder (images) or file (video)")
     p.add_argument("--levelness", action="store_true", help="also save the levelness map")
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        help="detections below this score are left out of the panoptic output "
+        "(MODEL.BOX_PANOPTIC.DET_SCORE_THRESH; default: the config's)",
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="enlarge the pictures (e.g. 4 for 128 px images)"
+    )
+    add_coco_panoptic_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    demo = PanopticDemo(setup_cfg(args))
+    demo = PanopticDemo(setup_cfg(args), args.scale)
     failures = 0
     if args.input:
         os.makedirs(args.output, exist_ok=True)
@@ -152,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main() else 0)  # non-zero when any input failed

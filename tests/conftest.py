@@ -32,3 +32,17 @@ def synthetic_root(tmp_path_factory):
     generate_synthetic_panoptic(root, "val", SyntheticSpec(num_images=6, seed=1, **SMALL_SPEC))
     register_synthetic_panoptic(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def user_root(tmp_path_factory):
+    """A user's COCO-panoptic dataset (tests/user_data.py): train (12) and val (4) splits with
+    user category ids and no semantic PNGs, plus the separated layout's files. Not registered:
+    each test registers it with detectron2's own functions."""
+    from .user_data import write_separated_files, write_user_split
+
+    root = str(tmp_path_factory.mktemp("user_data"))
+    for split, n, seed in (("train", 12, 3), ("val", 4, 4)):
+        paths = write_user_split(root, split, n, seed)
+        write_separated_files(paths, split)
+    return root

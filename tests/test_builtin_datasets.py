@@ -21,7 +21,8 @@ STEM = "frankfurt_000000_000294"
 
 
 def _write_cityscapes(root):
-    """leftImg8bit + gtFine (instanceIds, labelTrainIds), then cityscapesscripts' own converter."""
+    """leftImg8bit + gtFine (instanceIds, labelIds, labelTrainIds), then cityscapesscripts' own
+    panoptic converter."""
     from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
 
     cs = os.path.join(root, "cityscapes")
@@ -39,6 +40,8 @@ def _write_cityscapes(root):
     Image.fromarray(inst.astype(np.uint16)).save(
         os.path.join(gt_dir, f"{STEM}_gtFine_instanceIds.png")
     )
+    label_ids = np.where(inst < 1000, inst, inst // 1000).astype(np.uint8)
+    Image.fromarray(label_ids).save(os.path.join(gt_dir, f"{STEM}_gtFine_labelIds.png"))
     train_ids = {7: 0, 23: 10, 26: 13, 24: 11, 0: 255}
     sem = np.vectorize(lambda v: train_ids[v if v < 1000 else v // 1000])(inst).astype(np.uint8)
     Image.fromarray(sem).save(os.path.join(gt_dir, f"{STEM}_gtFine_labelTrainIds.png"))

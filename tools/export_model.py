@@ -25,6 +25,10 @@ import box_panoptic  # noqa: E402,F401
 # isort: split
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
+from box_panoptic.data.user_datasets import (  # noqa: E402
+    add_coco_panoptic_argument,
+    register_from_args,
+)
 from box_panoptic.engine import build_eval_model, setup_for_tool  # noqa: E402
 from box_panoptic.export import export_onnx, export_torchscript  # noqa: E402
 
@@ -38,8 +42,10 @@ def main(argv=None):
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--opset", type=int, default=17)
+    add_coco_panoptic_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     a = p.parse_args(argv)
+    register_from_args(a)
     cfg = setup_for_tool(a.config_file, a.opts)
     model = build_eval_model(cfg)
     if a.sample_image:

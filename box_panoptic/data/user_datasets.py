@@ -15,7 +15,12 @@ from detectron2.data.datasets import register_coco_panoptic
 
 from .datasets import PanopticDatasetError
 
-__all__ = ["coco_panoptic_metadata", "register_coco_panoptic_from_json"]
+__all__ = [
+    "add_coco_panoptic_argument",
+    "coco_panoptic_metadata",
+    "register_coco_panoptic_from_json",
+    "register_from_args",
+]
 
 
 def coco_panoptic_metadata(categories: List[Dict]) -> Dict:
@@ -61,3 +66,25 @@ def register_coco_panoptic_from_json(
     register_coco_panoptic(
         name, coco_panoptic_metadata(categories), image_root, panoptic_root, panoptic_json
     )
+
+
+def add_coco_panoptic_argument(parser) -> None:
+    """``--coco-panoptic NAME IMAGE_ROOT PANOPTIC_ROOT PANOPTIC_JSON`` (repeatable), for
+    train_net.py, the demo and the tools."""
+    parser.add_argument(
+        "--coco-panoptic",
+        nargs=4,
+        action="append",
+        default=[],
+        metavar=("NAME", "IMAGE_ROOT", "PANOPTIC_ROOT", "PANOPTIC_JSON"),
+        help="register a COCO-panoptic dataset with detectron2's register_coco_panoptic, its "
+        "class layout read from the JSON's categories (repeatable)",
+    )
+
+
+def register_from_args(args) -> None:
+    """Register the datasets of :func:`add_coco_panoptic_argument`."""
+    for name, image_root, panoptic_root, panoptic_json in (
+        getattr(args, "coco_panoptic", None) or ()
+    ):
+        register_coco_panoptic_from_json(name, image_root, panoptic_root, panoptic_json)

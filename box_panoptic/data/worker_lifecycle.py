@@ -2,10 +2,12 @@
 """Loader workers that never outlive their trainer and never keep it from exiting.
 
 The training loader's workers must survive a SIGTERM sent to the whole process group (a job
-scheduler's preemption): the trainer saves a checkpoint at the end of the iteration and needs its
-data until then. A worker that simply ignored SIGTERM would, however, block the trainer's exit
-after any exception: at interpreter exit ``multiprocessing`` terminates its daemonic children
-with SIGTERM and then joins them, forever. Here a worker's SIGTERM handler exits when
+scheduler's preemption) or a Ctrl-C's SIGINT: the trainer saves a checkpoint at the end of the
+iteration and needs its data until then. A worker that simply ignored SIGTERM would, however,
+block the trainer's exit after any exception: at interpreter exit ``multiprocessing``
+terminates its daemonic children with SIGTERM and then joins them, forever.
+
+Here a worker's SIGTERM handler exits when
 
 * its trainer has asked the workers to stop (:meth:`WorkerStopFlag.set`: on loader shutdown, at
   interpreter exit, after any exception that leaves training), or
@@ -76,8 +78,10 @@ class WorkerStopFlag:
         # otherwise: the trainer got the same signal and stops at the end of its iteration
 
     def worker_init(self, worker_id: int = 0) -> None:
-        """Install the worker's SIGTERM handler and the parent-death signal."""
+        """Install the worker's SIGTERM handler and the parent-death signal; leave SIGINT (a
+        Ctrl-C reaches the whole foreground group) to the trainer, which saves and stops us."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent()
         if os.getppid() != self._parent_pid:  # the parent died before prctl took effect
             os._exit(WORKER_STOPPED_EXIT_CODE)

@@ -13,11 +13,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import (
-    CityscapesInstanceEvaluator,
-    CityscapesSemSegEvaluator,
-    DatasetEvaluators,
-)
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
@@ -27,6 +23,8 @@ from ..data import BoxPanopticDatasetMapper
 from ..data.loading import load_panoptic_dicts
 from ..data.resumable import ResumableTrainLoader, ResumableTrainStream, count_skipped
 from ..evaluation import (
+    CityscapesInstanceEvaluation,
+    CityscapesSemSegEvaluation,
     PanopticEvaluatorWithTables,
     PanopticInstanceEvaluator,
     PanopticSemSegEvaluator,
@@ -98,8 +96,8 @@ class Trainer(DefaultTrainer):
         elif kind == "cityscapes_panoptic_seg":
             evaluators = [
                 PanopticEvaluatorWithTables(dataset_name, output_folder),
-                CityscapesSemSegEvaluator(dataset_name),
-                CityscapesInstanceEvaluator(dataset_name),
+                CityscapesSemSegEvaluation(dataset_name),
+                CityscapesInstanceEvaluation(dataset_name),
             ]
         else:
             raise NotImplementedError(f"no evaluator for dataset {dataset_name} of type {kind!r}")

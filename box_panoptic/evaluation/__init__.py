@@ -5,3 +5,4 @@ from .instances import PanopticInstanceEvaluator, instances_from_panoptic  # noq
 from .panoptic_evaluator import PanopticEvaluatorWithTables  # noqa: F401
 from .panoptic_quality import format_class_table, pq_from_files  # noqa: F401
 from .sem_seg import PanopticSemSegEvaluator  # noqa: F401
+from .cityscapes import CityscapesInstanceEvaluation, CityscapesSemSegEvaluation  # noqa: F401
