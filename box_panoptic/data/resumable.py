@@ -39,7 +39,7 @@ from .worker_lifecycle import WorkerStopFlag
 
 __all__ = ["ResumableTrainStream", "ResumableTrainLoader", "sample_seed", "count_skipped"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
 
 
 def sample_seed(seed: int, position: int) -> int:

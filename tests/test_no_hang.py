@@ -1,0 +1,150 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""No run ever hangs: any exception in training, evaluation or a hook ends the process with a
+non-zero status naming its cause, with 0, 2 and 4 loader workers and with 2 processes; SIGINT
+saves a checkpoint and stops; a killed trainer leaves no loader worker behind.
+
+Every run is bounded by a timeout far above its normal duration (a hang fails the test, and its
+process group is killed); the events are deterministic (a broken file, an exception raised on
+purpose, a signal sent once a log line says training has started).
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from box_panoptic.data.synthetic import dataset_paths
+
+from .helpers import ROOT, SYNTHETIC_CONFIG
+from .test_user_data import TINY, user_args
+
+DRIVER = os.path.join(ROOT, "tests", "train_driver.py")
+BOUND_S = 180  # a run that has not ended by then is hung
+
+
+def _run_bounded(cmd, log_path, timeout=BOUND_S):
+    """Run ``cmd`` in its own session, output to ``log_path``; kill its group at ``timeout``."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"hung: no exit within {timeout} s: {cmd}")
+    with open(log_path) as f:
+        return rc, f.read()
+
+
+@pytest.fixture
+def broken_root(user_root, tmp_path):
+    """A copy of the user's dataset whose first training image is a zero-byte file."""
+    root = str(tmp_path / "data")
+    shutil.copytree(
+        os.path.join(user_root, "synthetic_panoptic"), os.path.join(root, "synthetic_panoptic")
+    )
+    image_root = dataset_paths(root, "train")["image_root"]
+    broken = os.path.join(image_root, sorted(os.listdir(image_root))[0])
+    open(broken, "w").close()
+    return root, broken
+
+
+def _train_cmd(root, out, opts=(), flags=(), driver_args=()):
+    """train_net.py (through tests/train_driver.py) on the user's dataset, 20 iterations and 2
+    loader workers unless ``opts`` say otherwise."""
+    cmd = [sys.executable, DRIVER, *driver_args, "--", "--config-file", SYNTHETIC_CONFIG]
+    cmd += user_args(root, "train") + user_args(root, "val") + list(flags)
+    cmd += TINY + ["DATASETS.TRAIN", '("user_train",)', "DATASETS.TEST", '("user_val",)']
+    return cmd + ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "20", *opts]
+
+
+@pytest.mark.parametrize("workers", [0, 2, 4])
+def test_bad_sample_under_raise_policy_exits_naming_the_file(broken_root, tmp_path, workers):
+    root, broken = broken_root
+    cmd = _train_cmd(root, tmp_path / "o", opts=("DATALOADER.NUM_WORKERS", str(workers)))
+    rc, log = _run_bounded(cmd, tmp_path / "log.txt")
+    assert rc != 0
+    assert broken in log and "cannot be read" in log
+
+
+def test_bad_sample_with_two_processes_exits(broken_root, tmp_path):
+    root, broken = broken_root
+    cmd = _train_cmd(root, tmp_path / "o", flags=("--num-gpus", "2"))
+    rc, log = _run_bounded(cmd, tmp_path / "log.txt")
+    assert rc != 0
+    assert broken in log
+
+
+@pytest.mark.parametrize("where", ["hook", "evaluator"])
+def test_exception_in_hook_or_evaluator_exits(user_root, tmp_path, where):
+    cmd = _train_cmd(
+        user_root, tmp_path / "o", ("SOLVER.MAX_ITER", "4"), driver_args=("--fail", where)
+    )
+    rc, log = _run_bounded(cmd, tmp_path / "log.txt")
+    assert rc != 0
+    assert f"{'a hook' if where == 'hook' else 'an evaluator'} failed on purpose" in log
+
+
+def _start_training(user_root, tmp_path):
+    """A long training run with 2 loader workers; returns it once its data stream started."""
+    cmd = _train_cmd(user_root, tmp_path / "o", ("SOLVER.MAX_ITER", "100000"))
+    log = open(tmp_path / "log.txt", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + BOUND_S
+    while "Training data stream" not in (tmp_path / "log.txt").read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("training did not start:\n" + (tmp_path / "log.txt").read_text()[-3000:])
+        time.sleep(0.2)
+    return proc
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_trainer_leaves_no_worker(user_root, tmp_path):
+    proc = _start_training(user_root, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2 and all(_alive(w) for w in workers)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a loader worker outlived its trainer"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigint_saves_a_checkpoint_and_exits(user_root, tmp_path):
+    proc = _start_training(user_root, tmp_path)
+    try:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=BOUND_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 128 + signal.SIGINT, (tmp_path / "log.txt").read_text()[-3000:]
+    tag = (tmp_path / "o" / "last_checkpoint").read_text()
+    assert tag.startswith("model_0") and (tmp_path / "o" / tag).is_file()
+    assert "SIGINT: stopped after iteration" in (tmp_path / "log.txt").read_text()
