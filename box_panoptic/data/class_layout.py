@@ -103,8 +103,7 @@ class ClassLayout:
                 "stuff_dataset_id_to_contiguous_id"
             )
         things = sorted(set(meta.thing_dataset_id_to_contiguous_id.values()))
-        stuff_map = {d: c for d, c in meta.stuff_dataset_id_to_contiguous_id.items() if d != 0}
-        stuff = sorted(set(stuff_map.values()))
+        stuff = sorted(set(meta.stuff_dataset_id_to_contiguous_id.values()))
         thing_names = getattr(meta, "thing_classes", None)
         stuff_names = getattr(meta, "stuff_classes", None)
         if not set(things) & set(stuff):  # standard: one contiguous space
@@ -126,7 +125,8 @@ class ClassLayout:
                 for rank, i in enumerate(stuff):
                     names[i] = _name(stuff_names, rank, len(stuff), names[i])
             return cls(tuple(names), tuple(things), tuple(range(c)))
-        # separated: things 0..K-1, then stuff without the "things" placeholder
+        # separated: things 0..K-1, then stuff without the "things" placeholder (dataset id 0)
+        stuff = sorted({c for d, c in meta.stuff_dataset_id_to_contiguous_id.items() if d != 0})
         if things != list(range(len(things))):
             raise ClassLayoutError(
                 f"dataset {dataset_name!r}: thing contiguous ids {things} are not 0..K-1"
