@@ -8,7 +8,7 @@ setup(
     version="0.1.0",
     description="Real-Time Panoptic Segmentation from Dense Detections (Hou et al., CVPR 2020) "
     "as a detectron2 extension",
-    python_requires=">=3.9",
+    python_requires=">=3.11",
     packages=find_packages(include=["box_panoptic", "box_panoptic.*"]),
     install_requires=[
         # detectron2 0.6 comes from tools/install.sh (pure-Python build or an official install).

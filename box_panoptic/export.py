@@ -133,4 +133,20 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str, opset: int = 
             },
             dynamo=False,
         )
+        num_classes = wrapper(sample)[2].shape[0]
+    _fix_class_dim(path, num_classes)
     return path
+
+
+def _fix_class_dim(path: str, num_classes: int) -> None:
+    """The exporter's shape inference names ``sem_seg``'s class dimension after a spatial one
+    ('width'); it is the fixed number of classes."""
+    import onnx
+
+    m = onnx.load(path)
+    for out in m.graph.output:
+        if out.name == "sem_seg":
+            dim = out.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_value = num_classes
+    onnx.save(m, path)

@@ -49,6 +49,17 @@ def test_torchscript_and_onnx_match_eager():
     with tempfile.TemporaryDirectory() as d:
         path = export_onnx(model, a, f"{d}/m.onnx")
         sess = ort.InferenceSession(path)
+        import onnx
+
+        dims = {
+            o.name: [x.dim_param or x.dim_value for x in o.type.tensor_type.shape.dim]
+            for o in onnx.load(path).graph.output
+        }
+        assert dims == {
+            "panoptic": ["height", "width"],
+            "segments": ["num_segments", 4],
+            "sem_seg": [6, "height", "width"],  # the class dimension is fixed, not 'width'
+        }
         counts = []
         for x in (a, b):  # b differs from the tracing input: nothing data-dependent was baked in
             with torch.no_grad():
