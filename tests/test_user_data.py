@@ -141,6 +141,13 @@ def test_demo_and_export_on_the_user_model(trained_user_model, user_root, tmp_pa
     export += ["--format", "torchscript", "--output", str(tmp_path / "ts"), "--height", "96"]
     rc, log = run(export + ["--width", "128", "--opts"] + opts)
     assert rc == 0, log[-3000:]
+    runner = [sys.executable, os.path.join(ROOT, "tools", "run_exported.py")]
+    runner += [str(tmp_path / "ts" / "model.ts")] + sorted(
+        os.path.join(val["image_root"], f) for f in os.listdir(val["image_root"])
+    )
+    rc, log = run(runner + ["--output", str(tmp_path / "run"), "--min-size", "96"])
+    assert rc == 0 and log.count(" segments") == 4, log[-3000:]
+    assert len(os.listdir(tmp_path / "run")) == 4
     import torchvision  # noqa: F401  (the artifact's nms)
 
     artifact = torch.jit.load(str(tmp_path / "ts" / "model.ts"))
