@@ -60,6 +60,10 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.INIT_STD = 0.01
     # Upper clamp of the regression exponent: exp(min(s * x, ln(BBOX_EXP_CLAMP))) (METHOD §2.2).
     bp.BBOX_EXP_CLAMP = 10000.0
+    # Regress ltrb as stride * exp(s * x), in units of each level's stride (FCOS-imprv), instead
+    # of exp(s * x) pixels (released model, kept as default for checkpoint parity). From scratch,
+    # pixel units start every box at 1 px and P7 boxes 128x too small.
+    bp.REG_STRIDE_UNITS = False
 
     # ---- inference (METHOD §4, §5) ---------------------------------------------------------------
     # Candidates per level need sigmoid(class logit) > this (raw probability, before centerness).

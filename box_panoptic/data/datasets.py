@@ -18,13 +18,7 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
-from .synthetic import (
-    DEFAULT_SPECS,
-    LABEL_DIVISOR,
-    dataset_paths,
-    ensure_synthetic_split,
-    synthetic_categories,
-)
+from .synthetic import DEFAULT_SPECS, LABEL_DIVISOR, dataset_paths, ensure_synthetic_split
 
 __all__ = [
     "PanopticDatasetError",
@@ -99,9 +93,10 @@ def _read_json(path: str) -> Dict:
         raise PanopticDatasetError(f"{path} cannot be read as JSON: {e}") from e
 
 
-def synthetic_metadata(panoptic_json: str, split: str = "train") -> Dict:
+def synthetic_metadata(panoptic_json: str, split: str = "train", specs=None) -> Dict:
     """detectron2 metadata for a synthetic split: from the categories of its JSON, or, before the
-    split exists, from those of :data:`DEFAULT_SPECS` (what a first use generates).
+    split exists, from those of ``specs[split]`` (default :data:`DEFAULT_SPECS`: what a first use
+    generates).
 
     Like detectron2's standard COCO/Cityscapes panoptic metadata, ``thing_classes`` and
     ``stuff_classes`` both list every class (contiguous id order), so the Visualizer can index
@@ -110,7 +105,8 @@ def synthetic_metadata(panoptic_json: str, split: str = "train") -> Dict:
     if os.path.isfile(panoptic_json):
         cats = _read_json(panoptic_json)["categories"]
     else:
-        cats = synthetic_categories(DEFAULT_SPECS.get(split, DEFAULT_SPECS["train"]))
+        specs = specs or DEFAULT_SPECS
+        cats = specs.get(split, specs["train"]).categories()
     names = [c["name"] for c in cats]
     colors = [list(c["color"]) for c in cats]
     return {
@@ -184,36 +180,49 @@ def load_synthetic_panoptic(paths: Dict[str, str], meta: Dict, check_pixels: boo
 def register_synthetic_panoptic(
     root: Optional[str] = None, splits: Iterable[str] = SYNTHETIC_SPLITS
 ):
-    """Register ``synthetic_panoptic_{split}`` under ``root`` (default ``$DETECTRON2_DATASETS``).
+    """Register ``synthetic_panoptic_{split}`` (the shapes style) and ``synthetic_street_{split}``
+    (the street style) under ``root`` (default ``$DETECTRON2_DATASETS``). Their metadata is there
+    before the files; the first load of a missing default split generates it.
 
     Safe to call again (e.g. with another root): earlier registrations are replaced.
     """
+    from .synthetic_street import STREET_DEFAULT_SPECS
+
     root = root if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets")
-    for split in splits:
-        name = f"synthetic_panoptic_{split}"
-        paths = dataset_paths(root, split)
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+    for dataset, specs in (
+        ("synthetic_panoptic", DEFAULT_SPECS),
+        ("synthetic_street", STREET_DEFAULT_SPECS),
+    ):
+        for split in splits:
+            _register_synthetic_split(root, dataset, split, specs)
 
-        def _load(root=root, split=split, paths=paths):
-            if not os.path.isfile(paths["panoptic_json"]) and split in DEFAULT_SPECS:
-                # first use: generate the embedded dataset (deterministic, logged)
-                ensure_synthetic_split(root, split, DEFAULT_SPECS[split])
-            return load_synthetic_panoptic(paths, synthetic_metadata(paths["panoptic_json"], split))
 
-        DatasetCatalog.register(name, _load)
-        meta = MetadataCatalog.get(name)
-        meta.set(
-            image_root=paths["image_root"],
-            panoptic_root=paths["panoptic_root"],
-            panoptic_json=paths["panoptic_json"],
-            sem_seg_root=paths["sem_seg_root"],
-            evaluator_type="coco_panoptic_seg",
-            ignore_label=255,
-            label_divisor=LABEL_DIVISOR,
-        )
-        meta.set(**synthetic_metadata(paths["panoptic_json"], split))
+def _register_synthetic_split(root: str, dataset: str, split: str, specs) -> None:
+    name = f"{dataset}_{split}"
+    paths = dataset_paths(root, split, dataset)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+    def _load():
+        if not os.path.isfile(paths["panoptic_json"]) and split in specs:
+            # first use: generate the embedded dataset (deterministic, logged)
+            ensure_synthetic_split(root, split, specs[split])
+        meta = synthetic_metadata(paths["panoptic_json"], split, specs)
+        return load_synthetic_panoptic(paths, meta)
+
+    DatasetCatalog.register(name, _load)
+    meta = MetadataCatalog.get(name)
+    meta.set(
+        image_root=paths["image_root"],
+        panoptic_root=paths["panoptic_root"],
+        panoptic_json=paths["panoptic_json"],
+        sem_seg_root=paths["sem_seg_root"],
+        evaluator_type="coco_panoptic_seg",
+        ignore_label=255,
+        label_divisor=LABEL_DIVISOR,
+    )
+    meta.set(**synthetic_metadata(paths["panoptic_json"], split, specs))
 
 
 def _cityscapes_sem_seg_file(image_file: str) -> str:

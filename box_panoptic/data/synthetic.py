@@ -85,6 +85,14 @@ class SyntheticSpec:
     max_object_size: int = 0  # 0: half the smaller image side
     seed: int = 0
 
+    dataset = "synthetic_panoptic"  # folder under the dataset root (not a field)
+
+    def generate(self, root: str, split: str) -> Dict[str, str]:
+        return generate_synthetic_panoptic(root, split, self)
+
+    def categories(self) -> List[Dict]:
+        return synthetic_categories(self)
+
     @property
     def object_size_range(self) -> Tuple[int, int]:
         hi = self.max_object_size or min(self.height, self.width) // 2
@@ -170,9 +178,10 @@ def id2rgb(id_map: np.ndarray) -> np.ndarray:
     )
 
 
-def dataset_paths(root: str, split: str) -> Dict[str, str]:
-    """Paths of one split of the synthetic dataset under ``root`` (``$DETECTRON2_DATASETS``)."""
-    base = os.path.join(root, "synthetic_panoptic")
+def dataset_paths(root: str, split: str, dataset: str = "synthetic_panoptic") -> Dict[str, str]:
+    """Paths of one split of a synthetic dataset (``synthetic_panoptic`` or ``synthetic_street``)
+    under ``root`` (``$DETECTRON2_DATASETS``)."""
+    base = os.path.join(root, dataset)
     return {
         "image_root": os.path.join(base, f"{split}2017"),
         "panoptic_root": os.path.join(base, f"panoptic_{split}2017"),
@@ -420,23 +429,28 @@ def generate_synthetic_panoptic(root: str, split: str, spec: SyntheticSpec) -> D
     if not split or os.sep in split:
         raise ValueError(f"synthetic dataset: bad split name {split!r}")
     paths = dataset_paths(root, split)
+    cats = synthetic_categories(spec)
+    rng = np.random.default_rng(spec.seed)
+    samples = (_generate_one(rng, spec, cats) for _ in range(spec.num_images))
+    info = {"description": "box_panoptic synthetic panoptic dataset", "spec": asdict(spec)}
+    return write_panoptic_split(paths, split, cats, samples, info)
+
+
+def write_panoptic_split(paths: Dict[str, str], split: str, cats, samples, info) -> Dict[str, str]:
+    """Write ``samples`` (rgb, panoptic ids, semantic, segments_info) in the COCO panoptic layout
+    of ``paths``; the JSON last and atomically (its presence says the split is complete)."""
     for key in ("image_root", "panoptic_root", "sem_seg_root"):
         os.makedirs(paths[key], exist_ok=True)
     os.makedirs(os.path.dirname(paths["panoptic_json"]), exist_ok=True)
-    cats = synthetic_categories(spec)
-    rng = np.random.default_rng(spec.seed)
     images, annotations = [], []
-    for i in range(spec.num_images):
-        img, pan, sem, segments = _generate_one(rng, spec, cats)
+    for i, (img, pan, sem, segments) in enumerate(samples):
         name = f"{split}_{i:06d}"
         Image.fromarray(img).save(os.path.join(paths["image_root"], name + ".jpg"), quality=95)
         Image.fromarray(id2rgb(pan)).save(os.path.join(paths["panoptic_root"], name + ".png"))
         Image.fromarray(sem).save(os.path.join(paths["sem_seg_root"], name + ".png"))
-        images.append(
-            {"id": i, "file_name": name + ".jpg", "height": spec.height, "width": spec.width}
-        )
+        h, w = sem.shape
+        images.append({"id": i, "file_name": name + ".jpg", "height": h, "width": w})
         annotations.append({"image_id": i, "file_name": name + ".png", "segments_info": segments})
-    info = {"description": "box_panoptic synthetic panoptic dataset", "spec": asdict(spec)}
     content = {
         "info": info,
         "licenses": [],
@@ -444,26 +458,27 @@ def generate_synthetic_panoptic(root: str, split: str, spec: SyntheticSpec) -> D
         "annotations": annotations,
         "categories": cats,
     }
-    # written last and atomically: its presence says the split is complete
     atomic_write(paths["panoptic_json"], lambda f: json.dump(content, f), text=True)
     return paths
 
 
-def ensure_synthetic_split(root: str, split: str, spec: SyntheticSpec) -> Dict[str, str]:
-    """Generate ``split`` under ``root`` unless its JSON records ``spec`` already (one process at
-    a time: others wait on a lock file, then find it done). Returns its paths."""
-    paths = dataset_paths(root, split)
+def ensure_synthetic_split(root: str, split: str, spec) -> Dict[str, str]:
+    """Generate ``split`` of ``spec.dataset`` under ``root`` unless its JSON records ``spec``
+    already (one process at a time: others wait on a lock file, then find it done). Returns its
+    paths. ``spec``: a :class:`SyntheticSpec` or a ``StreetSpec``."""
+    paths = dataset_paths(root, split, spec.dataset)
     os.makedirs(os.path.dirname(paths["panoptic_json"]), exist_ok=True)
     lock_path = os.path.join(os.path.dirname(paths["panoptic_json"]), f".{split}.lock")
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if _recorded_spec(paths["panoptic_json"]) != asdict(spec):
+            # as JSON stores it (tuples become lists)
+            if _recorded_spec(paths["panoptic_json"]) != json.loads(json.dumps(asdict(spec))):
                 logger.info(
-                    f"generating the synthetic {split} split ({spec.num_images} images) under "
-                    f"{os.path.dirname(os.path.dirname(paths['panoptic_json']))}"
+                    f"generating the {spec.dataset} {split} split ({spec.num_images} images) "
+                    f"under {os.path.dirname(os.path.dirname(paths['panoptic_json']))}"
                 )
-                generate_synthetic_panoptic(root, split, spec)
+                spec.generate(root, split)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return paths

@@ -98,6 +98,7 @@ class BoxPanopticHead(nn.Module):
         prior_prob: float = 0.01,
         init_std: float = 0.01,
         exp_clamp: float = 10000.0,
+        reg_stride_units: bool = False,
     ):
         """
         Args:
@@ -107,6 +108,8 @@ class BoxPanopticHead(nn.Module):
             prior_prob: focal-loss prior written into the ``box_cls_logits`` bias.
             init_std: std of the normal init of every conv.
             exp_clamp: regression is exp(min(s * x, ln(exp_clamp))).
+            reg_stride_units: regress ltrb in units of the level's stride, stride * exp(s * x)
+                (FCOS-imprv's normalised targets), instead of pixels (the released model).
         """
         super().__init__()
         in_ch = {s.channels for s in input_shape}
@@ -121,6 +124,10 @@ class BoxPanopticHead(nn.Module):
         self.centerness = nn.Conv2d(bbox_channels, 1, 3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in range(self.num_levels)])
         self.log_exp_clamp = math.log(exp_clamp)
+        # log(stride) of each level added to s * x (0: pixels), from the input shapes
+        self.log_units = [
+            math.log(s.stride) if reg_stride_units and s.stride else 0.0 for s in input_shape
+        ]
         _init_normal(
             [self.cls_tower, self.bbox_tower, self.box_cls_logits, self.bbox_pred, self.centerness],
             init_std,
@@ -144,6 +151,7 @@ class BoxPanopticHead(nn.Module):
             "prior_prob": bp.PRIOR_PROB,
             "init_std": bp.INIT_STD,
             "exp_clamp": bp.BBOX_EXP_CLAMP,
+            "reg_stride_units": bp.REG_STRIDE_UNITS,
         }
 
     def forward(self, features: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
@@ -162,6 +170,8 @@ class BoxPanopticHead(nn.Module):
             bbox_feat = self.bbox_tower(x)
             reg = self.scales[level](self.bbox_pred(bbox_feat))
             out["box_cls"].append(self.box_cls_logits(cls_feat))
+            if self.log_units[level]:
+                reg = reg + self.log_units[level]
             out["box_reg"].append(torch.exp(reg.clamp(max=self.log_exp_clamp)))
             out["centerness"].append(self.centerness(bbox_feat))
             out["cls_feats"].append(cls_feat)
