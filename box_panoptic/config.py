@@ -109,6 +109,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # Size-of-interest boundaries between levels on m = max(l*, t*, r*, b*), in input pixels:
     # P3 (0, 64], P4 (64, 128], P5 (128, 256], P6 (256, 512], P7 (512, inf).
     bp.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    # Which level a positive location belongs to: "location" (FCOS: m = max(l*, t*, r*, b*) of
+    # each location) or "instance" (m = max(w, h) / 2 of the instance's box, the same for all its
+    # locations: one level per object, several times more positives for small objects).
+    # Training targets only (classification, boxes, centerness, levelness).
+    bp.LEVEL_ASSIGNMENT = "location"
     # Sigmoid focal loss parameters for the box classifier.
     bp.FOCAL_ALPHA = 0.25
     bp.FOCAL_GAMMA = 2.0

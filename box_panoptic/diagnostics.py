@@ -82,8 +82,11 @@ class DetectorDiagnosis:
 
 
 @torch.no_grad()
-def diagnose_detector(model, mapped: List[Dict], score_thresh: float, ranges) -> DetectorDiagnosis:
-    """``mapped``: training-mapper outputs (with "instances" holding gt_masks) at test size."""
+def diagnose_detector(
+    model, mapped: List[Dict], score_thresh: float, ranges, by_instance: bool = False
+) -> DetectorDiagnosis:
+    """``mapped``: training-mapper outputs (with "instances" holding gt_masks) at test size;
+    ``ranges`` and ``by_instance``: the training assignment (:func:`fcos_targets`)."""
     d = DetectorDiagnosis(positives_per_level=[0] * len(model.strides))
     d.found = {name: [0, 0, 0] for name, _, _ in SIZE_BUCKETS}
     d.found_right_class = {name: 0 for name, _, _ in SIZE_BUCKETS}

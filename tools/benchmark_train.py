@@ -28,6 +28,7 @@ from tools.benchmark import run_worker  # noqa: E402
 
 def _batch(h, w, n):
     from box_panoptic.data import SyntheticSpec, generate_synthetic_panoptic
+    from box_panoptic.data.class_layout import ClassLayout
     from box_panoptic.data.datasets import load_synthetic_panoptic, synthetic_metadata
     from box_panoptic.data.mapper import BoxPanopticDatasetMapper
     from box_panoptic.data.synthetic import dataset_paths
@@ -39,7 +40,10 @@ def _batch(h, w, n):
     paths = dataset_paths(root, "train")
     records = load_synthetic_panoptic(paths, synthetic_metadata(paths["panoptic_json"]))
     mapper = BoxPanopticDatasetMapper(
-        True, augmentations=[], image_format="BGR", thing_semantic_ids=[0, 1, 2]
+        True,
+        augmentations=[],
+        image_format="BGR",
+        class_layout=ClassLayout.from_counts(6, 3, [0, 2]),
     )
     return [mapper(r) for r in records]
 

@@ -50,7 +50,8 @@ def main(argv=None):
     mapped = [mapper(r) for r in load_panoptic_dicts([name])]
     bp = cfg.MODEL.BOX_PANOPTIC
     ranges = size_ranges(bp.SIZES_OF_INTEREST, len(bp.IN_FEATURES))
-    d = diagnose_detector(model, mapped, bp.DET_SCORE_THRESH, ranges)
+    by_instance = bp.LEVEL_ASSIGNMENT == "instance"
+    d = diagnose_detector(model, mapped, bp.DET_SCORE_THRESH, ranges, by_instance)
     print(f"{name}, detection score threshold {bp.DET_SCORE_THRESH}:")
     print(d.report())
 

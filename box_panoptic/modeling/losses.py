@@ -38,6 +38,11 @@ class BoxPanopticCriterion(nn.Module):
         super().__init__()
         bp = cfg.MODEL.BOX_PANOPTIC
         # fmt: off
+        if bp.LEVEL_ASSIGNMENT not in ("location", "instance"):
+            raise ValueError(
+                "MODEL.BOX_PANOPTIC.LEVEL_ASSIGNMENT must be 'location' or 'instance', got "
+                f"{bp.LEVEL_ASSIGNMENT!r}"
+            )
         layout = class_layout_from_config(cfg)
         self.num_thing_classes = layout.num_thing_classes
         self.ranges            = size_ranges(bp.SIZES_OF_INTEREST, len(bp.IN_FEATURES))
@@ -46,6 +51,7 @@ class BoxPanopticCriterion(nn.Module):
         self.weak              = bp.WEAK_SUPERVISION
         self.mask_loss         = bp.MASK_LOSS and not bp.WEAK_SUPERVISION
         self.location_term     = bp.LOCATION_TERM
+        self.by_instance       = bp.LEVEL_ASSIGNMENT == "instance"
         self.register_buffer("thing_ids", torch.tensor(layout.thing_ids), persistent=False)
         self.weights = {"loss_cls": bp.LOSS_WEIGHT_CLS, "loss_box": bp.LOSS_WEIGHT_BOX,
                         "loss_ctr": bp.LOSS_WEIGHT_CTR, "loss_sem_seg": bp.LOSS_WEIGHT_SEM,
@@ -90,7 +96,14 @@ class BoxPanopticCriterion(nn.Module):
             boxes, classes, masks = self._gt(x, padded, device)
             gts.append((boxes, classes, masks))
             lab, ltrb, _ = fcos_targets(
-                points, level_of_point, self.ranges, boxes, classes, masks, self.num_thing_classes
+                points,
+                level_of_point,
+                self.ranges,
+                boxes,
+                classes,
+                masks,
+                self.num_thing_classes,
+                self.by_instance,
             )
             sem = x["sem_seg"].to(device).long()
             sem_t[i, : sem.shape[0], : sem.shape[1]] = sem
@@ -104,7 +117,9 @@ class BoxPanopticCriterion(nn.Module):
                 else torch.zeros(padded, dtype=torch.bool, device=device)
             )
             ignore4 = (sem_t[i, yi4, xi4] == 255) | crowd[yi4, xi4]
-            lev_t.append(levelness_targets(pts4, self.ranges, boxes, masks, ignore4))
+            lev_t.append(
+                levelness_targets(pts4, self.ranges, boxes, masks, ignore4, self.by_instance)
+            )
             crowd_pts.append(crowd[yi, xi] & (lab == self.num_thing_classes))
             labels.append(lab)
             ltrbs.append(ltrb)

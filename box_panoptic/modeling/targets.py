@@ -38,17 +38,22 @@ def assign_locations(
     gt_masks: Optional[torch.Tensor],
     lo: torch.Tensor,
     hi: torch.Tensor,
+    by_instance: bool = False,
 ):
     """Owner of each point and its ltrb distances to the owner's box.
 
     Args:
         points: (M, 2) float (x, y) pixel positions.
         gt_boxes: (G, 4) XYXY. gt_masks: (G, H, W) bool or None (weak supervision).
-        lo, hi: (M,) the size-of-interest range of each point; m = max(ltrb) must lie in
-            (lo, hi]. Pass lo = -inf, hi = inf to ignore ranges.
+        lo, hi: (M,) the size-of-interest range of each point; m must lie in (lo, hi]. Pass
+            lo = -inf, hi = inf to ignore ranges.
+        by_instance: m is the instance's half box size max(w, h) / 2 (what max(ltrb) is at its
+            box centre), the same at every point: all of an instance's points go to one level.
+            Else m = max(ltrb) of each point (FCOS): points near the box edges go to a coarser
+            level than the centre, and small objects get few positives on either.
     Returns:
         owner (M,) long, -1 where the point is no positive; ltrb (M, 4) to the owner (0 if none);
-        m (M,) = max(ltrb) to the owner.
+        m (M,) to the owner.
     """
     m_pts = points.shape[0]
     g = gt_boxes.shape[0]
@@ -63,7 +68,11 @@ def assign_locations(
         [x - gt_boxes[:, 0], y - gt_boxes[:, 1], gt_boxes[:, 2] - x, gt_boxes[:, 3] - y], dim=2
     )  # (M, G, 4)
     inside = ltrb.min(dim=2).values > 0
-    m = ltrb.max(dim=2).values
+    if by_instance:
+        half = (gt_boxes[:, 2:] - gt_boxes[:, :2]).max(dim=1).values / 2
+        m = half[None].expand(m_pts, g)
+    else:
+        m = ltrb.max(dim=2).values
     cand = inside & (m > lo[:, None]) & (m <= hi[:, None])
     if gt_masks is not None:
         h, w = gt_masks.shape[-2:]
@@ -78,8 +87,9 @@ def assign_locations(
     pos = torch.isfinite(best_area)
     owner = torch.where(pos, owner, torch.full_like(owner, -1))
     idx = owner.clamp(min=0)
-    own_ltrb = ltrb[torch.arange(m_pts, device=points.device), idx] * pos[:, None]
-    return owner, own_ltrb, own_ltrb.max(dim=1).values
+    rows = torch.arange(m_pts, device=points.device)
+    own_ltrb = ltrb[rows, idx] * pos[:, None]
+    return owner, own_ltrb, m[rows, idx] * pos
 
 
 def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
@@ -91,8 +101,10 @@ def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
     return ratio.clamp(min=0).sqrt()
 
 
-def fcos_targets(points, level_of_point, ranges, gt_boxes, gt_classes, gt_masks, num_classes):
-    """FCOS targets for all locations of one image.
+def fcos_targets(
+    points, level_of_point, ranges, gt_boxes, gt_classes, gt_masks, num_classes, by_instance=False
+):
+    """FCOS targets for all locations of one image (``by_instance``: see :func:`assign_locations`).
 
     Args:
         points: (M, 2) all levels' locations, finest level first. level_of_point: (M,) long.
@@ -102,14 +114,16 @@ def fcos_targets(points, level_of_point, ranges, gt_boxes, gt_classes, gt_masks,
     """
     lo = points.new_tensor([r[0] for r in ranges])[level_of_point]
     hi = points.new_tensor([r[1] for r in ranges])[level_of_point]
-    owner, ltrb, _ = assign_locations(points, gt_boxes, gt_masks, lo, hi)
+    owner, ltrb, _ = assign_locations(points, gt_boxes, gt_masks, lo, hi, by_instance)
     labels = torch.full_like(owner, num_classes)
     if gt_classes.numel():
         labels = torch.where(owner >= 0, gt_classes[owner.clamp(min=0)], labels)
     return labels, ltrb, owner
 
 
-def levelness_targets(points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None):
+def levelness_targets(
+    points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None, by_instance=False
+):
     """Levelness target of each stride-4 location: 0 background, l in 1..L the level whose
     size-of-interest range holds m(p, owner(p)), 255 where ``ignore`` (M,) is set.
 
@@ -117,7 +131,7 @@ def levelness_targets(points, ranges, gt_boxes, gt_masks, ignore: Optional[torch
     """
     m_pts = points.shape[0]
     free = points.new_full((m_pts,), -INF), points.new_full((m_pts,), INF)
-    owner, _, m = assign_locations(points, gt_boxes, gt_masks, *free)
+    owner, _, m = assign_locations(points, gt_boxes, gt_masks, *free, by_instance)
     bounds = points.new_tensor([r[1] for r in ranges[:-1]])
     level = torch.bucketize(m, bounds, right=False) + 1  # (lo, hi] -> index of hi
     target = torch.where(owner >= 0, level, torch.zeros_like(level))

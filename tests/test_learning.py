@@ -1,0 +1,100 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""What makes things learn: the per-instance level assignment, regression in stride units, the
+street synthetic style, the detector diagnostics."""
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from box_panoptic.data.class_layout import ClassLayout
+from box_panoptic.data.datasets import load_synthetic_panoptic, synthetic_metadata
+from box_panoptic.data.synthetic import dataset_paths, ensure_synthetic_split
+from box_panoptic.data.synthetic_street import StreetSpec
+from box_panoptic.modeling.inference import level_locations
+from box_panoptic.modeling.targets import fcos_targets, levelness_targets, size_ranges
+
+from .helpers import get_model
+
+
+def _points(h, w, strides):
+    pts = [level_locations(h // s, w // s, s) for s in strides]
+    level = torch.cat([torch.full((len(p),), i) for i, p in enumerate(pts)])
+    return torch.cat(pts), level
+
+
+def test_instance_assignment_puts_an_object_on_one_level_with_more_positives():
+    points, level = _points(64, 64, (8, 16))
+    ranges = size_ranges([16], 2)  # P3 (0, 16], P4 (16, inf)
+    box = torch.tensor([[2.0, 2.0, 30.0, 30.0]])  # 28 x 28: half size 14 -> P3
+    cls = torch.tensor([0])
+    _, _, by_loc = fcos_targets(points, level, ranges, box, cls, None, 1)
+    _, ltrb, by_inst = fcos_targets(points, level, ranges, box, cls, None, 1, by_instance=True)
+    loc_levels = level[by_loc >= 0].tolist()
+    inst_levels = level[by_inst >= 0].tolist()
+    # FCOS: every P3 point inside has m = max(ltrb) >= 18 > 16, so the object gets only the
+    # 2 x 2 points of P4
+    assert loc_levels == [1] * 4
+    # per instance: all 4 x 4 P3 points inside the box, none on P4
+    assert inst_levels == [0] * 16
+    assert (ltrb[by_inst >= 0] > 0).all()
+    # the levelness target follows: every owned stride-4 point says "P3" (1)
+    pts4 = level_locations(16, 16, 4)
+    lev = levelness_targets(pts4, ranges, box, None, by_instance=True)
+    inside = (pts4[:, 0] > 2) & (pts4[:, 0] < 30) & (pts4[:, 1] > 2) & (pts4[:, 1] < 30)
+    assert set(lev[inside].tolist()) == {1} and set(lev[~inside].tolist()) == {0}
+    lev_loc = levelness_targets(pts4, ranges, box, None)
+    assert set(lev_loc[inside].tolist()) == {1, 2}  # centre P3, edges P4
+
+
+def test_regression_in_stride_units_scales_each_level_by_its_stride():
+    torch.manual_seed(0)
+    pixels = get_model().eval()
+    torch.manual_seed(0)
+    strided = get_model("configs/Synthetic/box_panoptic_R_18_synthetic.yaml").eval()
+    strided.head.log_units = [float(np.log(s)) for s in strided.strides]
+    x = [{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)}]
+    with torch.no_grad():
+        a = pixels.network(pixels.preprocess_image(x))["box_reg"]
+        b = strided.network(strided.preprocess_image(x))["box_reg"]
+    for s, ra, rb in zip(pixels.strides, a, b):
+        torch.testing.assert_close(rb, ra * s)
+
+
+def test_reg_stride_units_key_builds_the_head():
+    model = get_model(
+        "configs/Synthetic/box_panoptic_R_18_synthetic.yaml",
+        "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS",
+        True,
+    )
+    assert model.head.log_units == [float(np.log(s)) for s in (8, 16, 32, 64, 128)]
+    assert get_model().head.log_units == [0.0] * 5  # the released parametrisation by default
+
+
+def test_street_style_is_deterministic_valid_and_differs_from_shapes(tmp_path):
+    spec = StreetSpec(num_images=6, seed=3)
+    a = ensure_synthetic_split(str(tmp_path / "a"), "val", spec)
+    b = ensure_synthetic_split(str(tmp_path / "b"), "val", spec)
+    for name in sorted(os.listdir(a["panoptic_root"])):
+        with (
+            open(os.path.join(a["panoptic_root"], name), "rb") as f,
+            open(os.path.join(b["panoptic_root"], name), "rb") as g,
+        ):
+            assert f.read() == g.read()
+    records = load_synthetic_panoptic(a, synthetic_metadata(a["panoptic_json"]))  # PNG ids checked
+    assert len(records) == 6
+    with open(a["panoptic_json"]) as f:
+        js = json.load(f)
+    assert len({(im["height"], im["width"]) for im in js["images"]}) > 1  # several sizes
+    meta = synthetic_metadata(a["panoptic_json"])
+    layout = ClassLayout.from_metadata(type("M", (), meta)())
+    assert layout.thing_ids == (5, 6, 7, 8)  # things last, as in Cityscapes
+    areas = [
+        s["area"]
+        for ann in js["annotations"]
+        for s in ann["segments_info"]
+        if s["category_id"] in (24, 26, 27, 33)
+    ]
+    assert np.mean(np.array(areas) < 400) > 0.4  # mostly small objects
+    assert a == dataset_paths(str(tmp_path / "a"), "val", "synthetic_street")
