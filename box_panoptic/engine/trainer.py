@@ -104,8 +104,13 @@ class Trainer(DefaultTrainer):
         return DatasetEvaluators(evaluators)
 
     @classmethod
+    def build_train_mapper(cls, cfg):
+        """The training mapper (a subclass training another model on the same data changes it)."""
+        return BoxPanopticDatasetMapper(cfg, True)
+
+    @classmethod
     def build_train_loader(cls, cfg):
-        mapper = BoxPanopticDatasetMapper(cfg, True)
+        mapper = cls.build_train_mapper(cfg)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logger.warning(
                 f"DATALOADER.SAMPLER_TRAIN = {cfg.DATALOADER.SAMPLER_TRAIN}: detectron2's "

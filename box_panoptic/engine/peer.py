@@ -1,0 +1,137 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""detectron2's Panoptic FPN trained and evaluated on the same data path as BoxPanoptic, the peer
+of ``tools/learning_curve.py``.
+
+* Config (:func:`panoptic_fpn_config`): detectron2's ``panoptic_fpn_R_50_1x`` with BoxPanoptic's
+  backbone (ResNet depth, widths, norms, FPN channels, frozen stages), input, solver, data and
+  seed; GN in the RoI heads (detectron2's from-scratch recipe); anchor sizes scaled like
+  BoxPanoptic's sizes of interest (both at their defaults / 64).
+* Data: box_panoptic's mapper; the semantic target goes to Panoptic FPN's own layout (0 = any
+  thing, stuff 1..S, 255 ignore).
+* Outputs: back to the dataset's contiguous ids, so box_panoptic's evaluators score both models
+  the same way (:class:`PanopticFPNOnLayout`).
+"""
+
+import os
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from detectron2 import model_zoo
+from detectron2.config import get_cfg
+from detectron2.evaluation import DatasetEvaluators
+from detectron2.modeling import build_model
+
+from ..data.class_layout import ClassLayout, class_layout_from_config
+from ..data.mapper import BoxPanopticDatasetMapper
+from ..evaluation import PanopticEvaluatorWithTables, PanopticInstanceEvaluator
+from .trainer import Trainer
+
+__all__ = ["PanopticFPNOnLayout", "PanopticFPNTrainer", "panoptic_fpn_config"]
+
+
+def panoptic_fpn_config(box_cfg):
+    """A Panoptic FPN config with the backbone, input, solver, data and seed of ``box_cfg``."""
+    layout = class_layout_from_config(box_cfg)
+    cfg = get_cfg()
+    cfg.merge_from_file(
+        model_zoo.get_config_file("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml")
+    )
+    m, b = cfg.MODEL, box_cfg.MODEL
+    m.WEIGHTS = b.WEIGHTS
+    m.DEVICE = b.DEVICE
+    m.PIXEL_MEAN, m.PIXEL_STD = list(b.PIXEL_MEAN), list(b.PIXEL_STD)
+    m.BACKBONE.FREEZE_AT = b.BACKBONE.FREEZE_AT
+    for key in ("DEPTH", "RES2_OUT_CHANNELS", "NORM", "STRIDE_IN_1X1"):
+        setattr(m.RESNETS, key, getattr(b.RESNETS, key))
+    m.FPN.OUT_CHANNELS, m.FPN.NORM = b.FPN.OUT_CHANNELS, b.FPN.NORM
+    m.ROI_BOX_HEAD.NAME, m.ROI_BOX_HEAD.NUM_CONV, m.ROI_BOX_HEAD.NUM_FC = "FastRCNNConvFCHead", 4, 1
+    m.ROI_BOX_HEAD.NORM = m.ROI_MASK_HEAD.NORM = m.SEM_SEG_HEAD.NORM = "GN"
+    m.ROI_HEADS.NUM_CLASSES = layout.num_thing_classes
+    m.SEM_SEG_HEAD.NUM_CLASSES = layout.num_classes - layout.num_thing_classes + 1
+    scale = b.BOX_PANOPTIC.SIZES_OF_INTEREST[0] / 64.0
+    m.ANCHOR_GENERATOR.SIZES = [[s * scale] for s in (32, 64, 128, 256, 512)]
+    cfg.INPUT = box_cfg.INPUT.clone()
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    cfg.SOLVER = box_cfg.SOLVER.clone()
+    cfg.DATASETS = box_cfg.DATASETS.clone()
+    cfg.DATALOADER = box_cfg.DATALOADER.clone()
+    cfg.TEST.EVAL_PERIOD = box_cfg.TEST.EVAL_PERIOD
+    cfg.SEED, cfg.OUTPUT_DIR = box_cfg.SEED, box_cfg.OUTPUT_DIR
+    cfg.BOX_PANOPTIC_LAYOUT_SOURCE = box_cfg.clone()  # the layout and mapper settings
+    return cfg
+
+
+def _stuff_to_separated(layout: ClassLayout) -> torch.Tensor:
+    """(C + 1,) model class -> Panoptic FPN semantic label (things 0, stuff 1..S); 255 -> 255."""
+    table = torch.full((256,), 255, dtype=torch.long)
+    stuff = [c for c in range(layout.num_classes) if c not in layout.thing_ids]
+    for c in layout.thing_ids:
+        table[c] = 0
+    for rank, c in enumerate(stuff):
+        table[c] = rank + 1
+    return table
+
+
+class PanopticFPNOnLayout(nn.Module):
+    """A Panoptic FPN whose inputs and outputs follow a :class:`ClassLayout`: training
+    ``sem_seg`` in model classes, outputs in the dataset's contiguous ids."""
+
+    def __init__(self, model: nn.Module, layout: ClassLayout):
+        super().__init__()
+        self.model = model
+        self.register_buffer("sem_table", _stuff_to_separated(layout), persistent=False)
+        stuff = [c for c in range(layout.num_classes) if c not in layout.thing_ids]
+        self.thing_out = [layout.output_ids[c] for c in layout.thing_ids]
+        self.stuff_out = [None] + [layout.output_ids[c] for c in stuff]
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def forward(self, batched_inputs: List[Dict]):
+        if self.training:
+            inputs = [
+                dict(x, sem_seg=self.sem_table.to(x["sem_seg"].device)[x["sem_seg"]])
+                for x in batched_inputs
+            ]
+            return self.model(inputs)
+        outputs = self.model(batched_inputs)
+        for out in outputs:
+            pan, segments = out["panoptic_seg"]
+            for s in segments:
+                table = self.thing_out if s["isthing"] else self.stuff_out
+                s["category_id"] = table[s["category_id"]]
+            inst = out["instances"]
+            inst.pred_classes = inst.pred_classes.new_tensor(self.thing_out)[inst.pred_classes]
+            del out["sem_seg"]  # Panoptic FPN's own layout; not scored
+        return outputs
+
+
+class PanopticFPNTrainer(Trainer):
+    """box_panoptic's Trainer (data stream, checkpoints, evaluators) around Panoptic FPN; the
+    cfg is :func:`panoptic_fpn_config`'s."""
+
+    @classmethod
+    def build_model(cls, cfg):
+        layout = class_layout_from_config(cfg.BOX_PANOPTIC_LAYOUT_SOURCE)
+        return PanopticFPNOnLayout(build_model(cfg), layout).to(cfg.MODEL.DEVICE)
+
+    @classmethod
+    def build_train_mapper(cls, cfg):
+        return BoxPanopticDatasetMapper(cfg.BOX_PANOPTIC_LAYOUT_SOURCE, True)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return super().build_test_loader(cfg.BOX_PANOPTIC_LAYOUT_SOURCE, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return DatasetEvaluators(
+            [
+                PanopticEvaluatorWithTables(dataset_name, folder),
+                PanopticInstanceEvaluator(dataset_name, folder),
+            ]
+        )
