@@ -98,3 +98,38 @@ def test_street_style_is_deterministic_valid_and_differs_from_shapes(tmp_path):
     ]
     assert np.mean(np.array(areas) < 400) > 0.4  # mostly small objects
     assert a == dataset_paths(str(tmp_path / "a"), "val", "synthetic_street")
+
+
+def test_learning_curve_tool_resumes_with_its_points(synthetic_root, tmp_path):
+    """Two short runs: the second continues from the first's checkpoint, keeps its points and
+    its training time, and adds its own."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    out = tmp_path / "lc"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "learning_curve.py"), "--dataset"]
+    cmd += ["synthetic_panoptic", "--models", "box_panoptic", "--eval-every", "2", "--threads", "1"]
+    cmd += ["--output-dir", str(out), "--opts", "INPUT.MIN_SIZE_TEST", "0"]
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
+
+    def run(iters):
+        r = subprocess.run(
+            cmd[:2] + ["--box-iters", str(iters)] + cmd[2:],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        with open(out / "curves.json") as f:
+            return json.load(f)["box_panoptic"], r.stdout
+
+    first, _ = run(4)
+    second, printed = run(6)
+    assert [p["iter"] for p in first] == [2, 4]
+    assert second[:2] == first and second[2]["iter"] == 6
+    assert second[2]["train_s"] > first[1]["train_s"]
+    assert "Starting training from iteration 4" in open(out / "log.txt").read()
+    assert "box_panoptic        6" in printed and (out / "curves.png").is_file()
