@@ -111,6 +111,7 @@ def diagnose_detector(
             classes,
             masks_p,
             model.head.box_cls_logits.out_channels,
+            by_instance,
         )
         pos = owner >= 0
         for i in range(len(pts)):
