@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,9 +30,8 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
-from box_panoptic.data import SyntheticSpec, generate_synthetic_panoptic  # noqa: E402
 from box_panoptic.data.datasets import register_synthetic_panoptic  # noqa: E402
-from box_panoptic.data.synthetic import dataset_paths  # noqa: E402
+from box_panoptic.data.synthetic import DEFAULT_SPECS, ensure_synthetic_split  # noqa: E402
 from box_panoptic.visualization import draw_ground_truth, draw_prediction, save_grid  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "Synthetic", "box_panoptic_R_18_synthetic.yaml")
@@ -41,14 +40,8 @@ CONFIG = os.path.join(ROOT, "configs", "Synthetic", "box_panoptic_R_18_synthetic
 def ensure_dataset(root: str, specs) -> None:
     """Generate each split unless its JSON records the same spec already."""
     for split, spec in specs.items():
-        path = dataset_paths(root, split)["panoptic_json"]
-        if os.path.isfile(path):
-            with open(path) as f:
-                if json.load(f).get("info", {}).get("spec") == asdict(spec):
-                    print(f"[synthetic] {split}: up to date ({path})")
-                    continue
-        generate_synthetic_panoptic(root, split, spec)
-        print(f"[synthetic] {split}: wrote {spec.num_images} images ({path})")
+        path = ensure_synthetic_split(root, split, spec)["panoptic_json"]
+        print(f"[synthetic] {split}: {spec.num_images} images ({path})")
     register_synthetic_panoptic(root)
 
 
@@ -57,16 +50,16 @@ def main(argv=None):
     p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
     p.add_argument("--output-dir", default="output/synthetic")
     p.add_argument("--config-file", default=CONFIG, help="e.g. the _weak variant")
-    p.add_argument("--num-train", type=int, default=96)
-    p.add_argument("--num-val", type=int, default=24)
+    p.add_argument("--num-train", type=int, default=DEFAULT_SPECS["train"].num_images)
+    p.add_argument("--num-val", type=int, default=DEFAULT_SPECS["val"].num_images)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     a = p.parse_args(argv)
     start = time.time()
     os.makedirs(a.output_dir, exist_ok=True)
-    size = dict(height=128, width=192, min_object_size=8)  # the config's input size
+    # what a first use generates (box_panoptic.data.synthetic.DEFAULT_SPECS), with the counts
     specs = {
-        "train": SyntheticSpec(num_images=a.num_train, seed=0, **size),
-        "val": SyntheticSpec(num_images=a.num_val, seed=1, **size),
+        "train": replace(DEFAULT_SPECS["train"], num_images=a.num_train),
+        "val": replace(DEFAULT_SPECS["val"], num_images=a.num_val),
     }
     ensure_dataset(a.root, specs)
     records = DatasetCatalog.get("synthetic_panoptic_val")
