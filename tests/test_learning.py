@@ -133,3 +133,36 @@ def test_learning_curve_tool_resumes_with_its_points(synthetic_root, tmp_path):
     assert second[2]["train_s"] > first[1]["train_s"]
     assert "Starting training from iteration 4" in open(out / "log.txt").read()
     assert "box_panoptic        6" in printed and (out / "curves.png").is_file()
+
+
+def test_panoptic_fpn_peer_speaks_the_dataset_layout():
+    """Panoptic FPN's semantic target (0 = things, stuff 1..S) in, the dataset's ids out."""
+    from detectron2.structures import Instances
+
+    from box_panoptic.engine.peer import PanopticFPNOnLayout
+
+    layout = ClassLayout(
+        names=("road", "car", "sky", "person"), thing_ids=(1, 3), output_ids=(0, 1, 2, 3)
+    )
+
+    class Inner(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def forward(self, inputs):
+            if self.training:
+                return {"sem_seg": inputs[0]["sem_seg"]}
+            inst = Instances((2, 2), pred_classes=torch.tensor([1, 0]))
+            segments = [
+                {"id": 1, "category_id": 1, "isthing": True},
+                {"id": 2, "category_id": 2, "isthing": False},
+            ]
+            return [{"panoptic_seg": (None, segments), "instances": inst, "sem_seg": None}]
+
+    peer = PanopticFPNOnLayout(Inner(), layout)
+    peer.train()
+    sem = torch.tensor([[0, 1], [2, 255]])
+    assert peer([{"sem_seg": sem}])["sem_seg"].tolist() == [[1, 0], [2, 255]]
+    peer.eval()
+    out = peer([{}])[0]
+    assert [s["category_id"] for s in out["panoptic_seg"][1]] == [3, 2]  # person, sky
+    assert out["instances"].pred_classes.tolist() == [3, 1] and "sem_seg" not in out
