@@ -199,3 +199,18 @@ def test_synthetic_dataset_on_first_use(tmp_path, caplog):
         register_synthetic_panoptic(
             os.path.dirname(os.path.dirname(os.path.dirname(previous))), splits=("val",)
         )
+
+
+def test_unexpected_mapper_errors_name_the_record(synthetic_root):
+    from box_panoptic.data import BoxPanopticDatasetMapper
+
+    cfg = get_cfg_from(SYNTHETIC_CONFIG)
+    record = dict(DatasetCatalog.get("synthetic_panoptic_val")[0])
+    # a segment without a category: a KeyError inside the mapper
+    record["segments_info"] = [
+        {k: v for k, v in s.items() if k != "category_id"} for s in record["segments_info"]
+    ]
+    with pytest.raises(
+        RuntimeError, match=r"val_000000\.jpg \(image_id 0, pan_seg_file_name.*KeyError"
+    ):
+        BoxPanopticDatasetMapper(cfg, True)(record)

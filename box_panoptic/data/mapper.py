@@ -173,15 +173,21 @@ class BoxPanopticDatasetMapper:
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
         """Map one record. A bad sample raises PanopticDatasetError naming the file, or, with
         ``bad_sample_policy="skip"``, is logged and returns None (detectron2's loader then draws
-        another sample)."""
-        if self.bad_sample_policy == "raise":
-            return self._map(dataset_dict)
+        another sample). Any other error is re-raised naming the record."""
         try:
             return self._map(dataset_dict)
         except PanopticDatasetError as e:
+            if self.bad_sample_policy == "raise":
+                raise
             self.skipped += 1
             logger.warning(f"skipping bad sample ({self.skipped} skipped so far): {e}")
             return None
+        except Exception as e:
+            raise RuntimeError(
+                f"mapping the record of {dataset_dict.get('file_name')} (image_id "
+                f"{dataset_dict.get('image_id')}, pan_seg_file_name "
+                f"{dataset_dict.get('pan_seg_file_name')}) failed: {type(e).__name__}: {e}"
+            ) from e
 
     def _map(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
