@@ -13,9 +13,12 @@ H, W = 96, 128
 
 
 def _model():
-    """Random weights biased so that many detections survive into the panoptic output."""
+    """Random weights biased so that many detections survive into the panoptic output (box
+    biases in pixels: the released regression parametrisation)."""
     model = get_model(
         SYNTHETIC_CONFIG,
+        "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS",
+        False,
         "MODEL.BOX_PANOPTIC.MASK_THRESH",
         0.2,
         "MODEL.BOX_PANOPTIC.OVERLAP_THRESH",
@@ -181,6 +184,8 @@ def test_export_tool_writes_a_loadable_frozen_torchscript_artifact(tmp_path):
             "--opts",
             "MODEL.WEIGHTS",
             str(tmp_path / "m.pth"),
+            "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS",
+            "False",
             "MODEL.BOX_PANOPTIC.MASK_THRESH",
             "0.2",
             "MODEL.BOX_PANOPTIC.OVERLAP_THRESH",
