@@ -4,7 +4,10 @@
 * ``save`` writes ``name.pth.tmp``, flushes it to disk and renames it over ``name.pth``; only then
   is ``last_checkpoint`` replaced (also by rename). A run killed at any moment leaves the previous
   checkpoint and tag intact, never a file that loads but is truncated.
-* loading refuses a checkpoint holding NaN or inf, naming the first such tensor.
+* loading refuses a checkpoint holding NaN or inf, naming the first such tensor;
+* a model with ``checkpoint_settings()`` (BoxPanoptic: the box regression's units) has them
+  saved beside its weights, and loading them into a model built with other settings is refused
+  (the weights would load and silently mean something else).
 """
 
 import os
@@ -22,6 +25,16 @@ class NonFiniteWeightsError(ValueError):
     """A checkpoint holds NaN or inf values."""
 
 
+class SettingsMismatchError(ValueError):
+    """A checkpoint was trained with model settings other than the model's."""
+
+
+def _settings(model) -> dict:
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    get = getattr(model, "checkpoint_settings", None)
+    return get() if callable(get) else {}
+
+
 class SafeCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with atomic saves and a finiteness check on load."""
 
@@ -31,6 +44,9 @@ class SafeCheckpointer(DetectionCheckpointer):
         if not os.path.isdir(self.save_dir):  # remote storage: no atomic rename available
             return super().save(name, **kwargs)
         data = {"model": self.model.state_dict()}
+        settings = _settings(self.model)
+        if settings:
+            data["model_settings"] = settings
         data.update({k: obj.state_dict() for k, obj in self.checkpointables.items()})
         data.update(kwargs)
         basename = f"{name}.pth"
@@ -48,6 +64,13 @@ class SafeCheckpointer(DetectionCheckpointer):
         )
 
     def _load_model(self, checkpoint):
+        saved, mine = checkpoint.get("model_settings") or {}, _settings(self.model)
+        for key in sorted(set(saved) & set(mine)):
+            if saved[key] != mine[key]:
+                raise SettingsMismatchError(
+                    f"the checkpoint was trained with {key} = {saved[key]!r} but the model is "
+                    f"built with {mine[key]!r}: set it in the config to load these weights"
+                )
         for key, value in checkpoint.get("model", {}).items():
             if torch.is_tensor(value) and value.is_floating_point():
                 if not torch.isfinite(value).all():

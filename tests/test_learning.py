@@ -162,3 +162,25 @@ def test_panoptic_fpn_peer_speaks_the_dataset_layout():
     out = peer([{}])[0]
     assert [s["category_id"] for s in out["panoptic_seg"][1]] == [3, 2]  # person, sky
     assert out["instances"].pred_classes.tolist() == [3, 1] and "sem_seg" not in out
+
+
+def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
+    """A checkpoint records the regression units; loading it into a model built with the other
+    ones is refused (the weights would load and mean something else). Older checkpoints, with
+    no record, still load."""
+    import pytest
+
+    from box_panoptic.checkpoint import SafeCheckpointer, SettingsMismatchError
+
+    strided = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", True)
+    SafeCheckpointer(strided, save_dir=str(tmp_path)).save("m")
+    path = str(tmp_path / "m.pth")
+    assert torch.load(path, weights_only=False)["model_settings"] == {
+        "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS": True
+    }
+    SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(path)  # same units: fine
+    pixels = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", False)
+    with pytest.raises(SettingsMismatchError, match="REG_STRIDE_UNITS = True but the model"):
+        SafeCheckpointer(pixels).load(path)
+    torch.save({"model": strided.state_dict()}, tmp_path / "old.pth")
+    SafeCheckpointer(pixels).load(str(tmp_path / "old.pth"))  # no record: loads

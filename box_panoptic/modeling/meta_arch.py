@@ -173,6 +173,12 @@ class BoxPanoptic(nn.Module):
     def device(self):
         return self.pixel_mean.device
 
+    def checkpoint_settings(self) -> Dict:
+        """Settings that change what the weights mean, saved with every checkpoint and checked
+        on load (:mod:`box_panoptic.checkpoint`)."""
+        units = getattr(self.head, "log_units", None)
+        return {} if units is None else {"MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS": any(units)}
+
     # ---------------------------------------------------------------------------------------------
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Check, normalise and pad the "image" (3, H, W) tensors of ``batched_inputs``."""
