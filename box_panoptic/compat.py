@@ -21,6 +21,9 @@ Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls fir
 * ``numpy.in1d`` (removed in numpy 2.4), called by cityscapesscripts 2.3's evaluation scripts:
   :func:`numpy_in1d` provides it only for the duration of a ``with`` block (box_panoptic's
   Cityscapes evaluators run detectron2's inside one); it is never left in the process.
+* cityscapesscripts 2.3's instance evaluation writes ``matches.json`` into the current directory:
+  :func:`cityscapes_matches_in` sends that file to a given folder for the duration of a ``with``
+  block (box_panoptic's Cityscapes instance evaluator uses a temporary folder).
 * ``detectron2.engine.defaults.create_ddp_model``: always passes ``device_ids=[local_rank]``,
   which DistributedDataParallel refuses for a CPU model. Wrapped so that a model whose parameters
   live on the CPU gets ``device_ids=None``; GPU models are passed through unchanged.
@@ -29,6 +32,7 @@ Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls fir
 import contextlib
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from typing import Dict, Iterator
@@ -36,6 +40,7 @@ from typing import Dict, Iterator
 __all__ = [
     "MissingCompiledOpError",
     "apply_all",
+    "cityscapes_matches_in",
     "has_compiled_ops",
     "numpy_in1d",
     "install_detectron2_C_stub",
@@ -170,6 +175,26 @@ def numpy_in1d() -> Iterator[bool]:
         yield True
     finally:
         del np.in1d
+
+
+@contextlib.contextmanager
+def cityscapes_matches_in(folder: str) -> Iterator[None]:
+    """Within the block, cityscapesscripts' instance evaluation writes its ``matches.json`` into
+    ``folder`` instead of the current directory."""
+    import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as instance_eval
+
+    original = instance_eval.writeDict2JSON
+
+    def write(data, path):
+        if path == "matches.json":
+            path = os.path.join(folder, path)
+        return original(data, path)
+
+    instance_eval.writeDict2JSON = write
+    try:
+        yield
+    finally:
+        instance_eval.writeDict2JSON = original
 
 
 def install_cpu_ddp() -> bool:

@@ -185,8 +185,13 @@ def test_cityscapes_layout_trains_and_evaluates(tmp_path):
     cmd += TINY + ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
     cmd += ["DATASETS.TRAIN", '("cityscapes_fine_panoptic_val",)']
     cmd += ["DATASETS.TEST", '("cityscapes_fine_panoptic_val",)', "OUTPUT_DIR", str(tmp_path / "o")]
-    rc, log = run(cmd, env=dict(os.environ, DETECTRON2_DATASETS=root))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = dict(os.environ, DETECTRON2_DATASETS=root)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=work)
+    rc, log = out.returncode, out.stdout + out.stderr
     assert rc == 0, log[-4000:]
+    assert os.listdir(work) == []  # cityscapesscripts' matches.json kept out of the directory
     assert "PQ" in copypaste(log, "panoptic_seg")
     assert "IoU" in copypaste(log, "sem_seg")  # cityscapesscripts' names
     assert "AP50" in copypaste(log, "segm")

@@ -1,11 +1,14 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """detectron2's Cityscapes semantic and instance evaluators, run where cityscapesscripts 2.3's
 evaluation scripts work: they call ``numpy.in1d``, gone from numpy 2.4, which
-:func:`box_panoptic.compat.numpy_in1d` provides for the duration of ``evaluate`` only."""
+:func:`box_panoptic.compat.numpy_in1d` provides for the duration of ``evaluate`` only; and the
+instance evaluation's ``matches.json`` goes to a temporary folder, not the current directory."""
+
+import tempfile
 
 from detectron2.evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 
-from ..compat import numpy_in1d
+from ..compat import cityscapes_matches_in, numpy_in1d
 
 __all__ = ["CityscapesInstanceEvaluation", "CityscapesSemSegEvaluation"]
 
@@ -19,8 +22,10 @@ class CityscapesSemSegEvaluation(CityscapesSemSegEvaluator):
 
 
 class CityscapesInstanceEvaluation(CityscapesInstanceEvaluator):
-    """CityscapesInstanceEvaluator, evaluated with ``numpy.in1d`` available."""
+    """CityscapesInstanceEvaluator, evaluated with ``numpy.in1d`` available and its
+    ``matches.json`` kept out of the current directory."""
 
     def evaluate(self):
-        with numpy_in1d():
-            return super().evaluate()
+        with tempfile.TemporaryDirectory() as folder:
+            with numpy_in1d(), cityscapes_matches_in(folder):
+                return super().evaluate()
