@@ -85,6 +85,11 @@ class ClassLayout:
         return self.output_ids == tuple(range(self.num_classes))
 
     @property
+    def stuff_ids(self) -> List[int]:
+        """Model classes that are not things, ascending."""
+        return [c for c in range(self.num_classes) if c not in self.thing_ids]
+
+    @property
     def thing_names(self) -> List[str]:
         return [self.names[c] for c in self.thing_ids]
 

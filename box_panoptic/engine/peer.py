@@ -66,10 +66,9 @@ def panoptic_fpn_config(box_cfg):
 def _stuff_to_separated(layout: ClassLayout) -> torch.Tensor:
     """(C + 1,) model class -> Panoptic FPN semantic label (things 0, stuff 1..S); 255 -> 255."""
     table = torch.full((256,), 255, dtype=torch.long)
-    stuff = [c for c in range(layout.num_classes) if c not in layout.thing_ids]
     for c in layout.thing_ids:
         table[c] = 0
-    for rank, c in enumerate(stuff):
+    for rank, c in enumerate(layout.stuff_ids):
         table[c] = rank + 1
     return table
 
@@ -82,9 +81,8 @@ class PanopticFPNOnLayout(nn.Module):
         super().__init__()
         self.model = model
         self.register_buffer("sem_table", _stuff_to_separated(layout), persistent=False)
-        stuff = [c for c in range(layout.num_classes) if c not in layout.thing_ids]
         self.thing_out = [layout.output_ids[c] for c in layout.thing_ids]
-        self.stuff_out = [None] + [layout.output_ids[c] for c in stuff]
+        self.stuff_out = [None] + [layout.output_ids[c] for c in layout.stuff_ids]
 
     @property
     def device(self):
