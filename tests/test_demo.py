@@ -6,14 +6,37 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 
-from .helpers import SYNTHETIC_CONFIG
+from box_panoptic.data.class_layout import class_layout_from_config
+
+from .helpers import SYNTHETIC_CONFIG, get_cfg_from, get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _one_stuff_class_checkpoint(path) -> int:
+    """Writes weights whose semantic head says "the first stuff class" at every pixel.
+
+    Returns that class's dataset contiguous id. A randomly initialised model may predict nothing
+    (all void), which draws nothing; these weights make the drawn output deterministic.
+    """
+    model = get_model(SYNTHETIC_CONFIG)
+    layout = class_layout_from_config(get_cfg_from(SYNTHETIC_CONFIG))
+    stuff = layout.stuff_ids[0]
+    logits = model.sem_seg_head.cls_logits
+    with torch.no_grad():
+        logits.weight.zero_()
+        logits.bias.fill_(-10.0)
+        logits.bias[stuff] = 10.0
+    torch.save({"model": model.state_dict()}, path)
+    return layout.output_ids[stuff]
+
+
 def test_demo_draws_folder_and_reports_unreadable_file(synthetic_root, tmp_path):
+    weights = tmp_path / "one_stuff_class.pth"
+    _one_stuff_class_checkpoint(weights)
     src = tmp_path / "in"
     src.mkdir()
     val = os.path.join(synthetic_root, "synthetic_panoptic", "val2017")
@@ -33,6 +56,9 @@ def test_demo_draws_folder_and_reports_unreadable_file(synthetic_root, tmp_path)
             "--output",
             str(out),
             "--levelness",
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(weights),
         ],
         env=env,
         capture_output=True,
