@@ -114,6 +114,10 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # locations: one level per object, several times more positives for small objects).
     # Training targets only (classification, boxes, centerness, levelness).
     bp.LEVEL_ASSIGNMENT = "location"
+    # Every object also owns the location of its level nearest its box centre, on its mask or
+    # not (thin and small objects whose mask holds no location of their level get a positive).
+    # Training targets only. False: FCOS / the release.
+    bp.CENTRE_POSITIVE = False
     # Sigmoid focal loss parameters for the box classifier.
     bp.FOCAL_ALPHA = 0.25
     bp.FOCAL_GAMMA = 2.0

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from detectron2.structures import pairwise_iou
 
 from .modeling.inference import level_locations
-from .modeling.targets import centerness_targets, fcos_targets
+from .modeling.targets import LocationAssignment, centerness_targets
 
 __all__ = ["DetectorDiagnosis", "diagnose_detector", "SIZE_BUCKETS"]
 
@@ -83,10 +83,10 @@ class DetectorDiagnosis:
 
 @torch.no_grad()
 def diagnose_detector(
-    model, mapped: List[Dict], score_thresh: float, ranges, by_instance: bool = False
+    model, mapped: List[Dict], score_thresh: float, assignment: LocationAssignment
 ) -> DetectorDiagnosis:
     """``mapped``: training-mapper outputs (with "instances" holding gt_masks) at test size;
-    ``ranges`` and ``by_instance``: the training assignment (:func:`fcos_targets`)."""
+    ``assignment``: the training assignment of positives."""
     d = DetectorDiagnosis(positives_per_level=[0] * len(model.strides))
     d.found = {name: [0, 0, 0] for name, _, _ in SIZE_BUCKETS}
     d.found_right_class = {name: 0 for name, _, _ in SIZE_BUCKETS}
@@ -103,15 +103,8 @@ def diagnose_detector(
         sizes = [tuple(c.shape[-2:]) for c in out["box_cls"]]
         pts = [level_locations(h, w, s, model.device) for (h, w), s in zip(sizes, model.strides)]
         level = torch.cat([torch.full((len(p),), i) for i, p in enumerate(pts)]).to(model.device)
-        labels, ltrb, owner = fcos_targets(
-            torch.cat(pts),
-            level,
-            ranges,
-            boxes,
-            classes,
-            masks_p,
-            model.head.box_cls_logits.out_channels,
-            by_instance,
+        labels, ltrb, owner = assignment.fcos(
+            torch.cat(pts), level, boxes, classes, masks_p, model.head.box_cls_logits.out_channels
         )
         pos = owner >= 0
         for i in range(len(pts)):

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from box_panoptic.data.class_layout import ClassLayout
@@ -13,7 +14,12 @@ from box_panoptic.data.datasets import load_synthetic_panoptic, synthetic_metada
 from box_panoptic.data.synthetic import dataset_paths, ensure_synthetic_split
 from box_panoptic.data.synthetic_street import StreetSpec
 from box_panoptic.modeling.inference import level_locations
-from box_panoptic.modeling.targets import fcos_targets, levelness_targets, size_ranges
+from box_panoptic.modeling.targets import (
+    LocationAssignment,
+    fcos_targets,
+    levelness_targets,
+    size_ranges,
+)
 
 from .helpers import CITYSCAPES_CONFIG, SYNTHETIC_CONFIG, get_model
 
@@ -46,6 +52,31 @@ def test_instance_assignment_puts_an_object_on_one_level_with_more_positives():
     assert set(lev[inside].tolist()) == {1} and set(lev[~inside].tolist()) == {0}
     lev_loc = levelness_targets(pts4, ranges, box, None)
     assert set(lev_loc[inside].tolist()) == {1, 2}  # centre P3, edges P4
+
+
+def test_centre_positive_gives_a_thin_occluding_object_one_location():
+    points, level = _points(64, 64, (8, 16))
+    assign = LocationAssignment.from_settings([16], 2, "instance")
+    centre = LocationAssignment.from_settings([16], 2, "instance", centre_positive=True)
+    # a thin diagonal stripe x - y in {3, 4, 5} in front of a large square: the grid points
+    # (x, y = 4 mod 8, so x - y = 0 mod 8) are never on the stripe, and all lie on the square
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    stripe = ((xx - yy - 4).abs() <= 1) & (yy >= 2) & (yy < 28)
+    masks = torch.stack([stripe, ~stripe])
+    boxes = torch.tensor([[5.0, 2.0, 33.0, 28.0], [0.0, 0.0, 64.0, 64.0]])  # P3 and P4 objects
+    cls = torch.tensor([0, 0])
+    _, _, owner = assign.fcos(points, level, boxes, cls, masks, 1)
+    assert (owner == 0).sum() == 0  # the mask rule leaves the stripe without a positive
+    _, ltrb, owner_c = centre.fcos(points, level, boxes, cls, masks, 1)
+    stripe_pts = (owner_c == 0).nonzero()[:, 0]
+    assert len(stripe_pts) == 1
+    x, y = points[stripe_pts[0]].tolist()
+    assert (x, y) == (20.0, 12.0)  # nearest the box centre (19, 15) in L1, on P3
+    assert (ltrb[stripe_pts[0]] > 0).all()
+    # the square's centre is on its mask: its positives are unchanged
+    assert torch.equal(owner_c == 1, owner == 1)
+    with pytest.raises(ValueError, match="'nearest'"):
+        LocationAssignment.from_settings([16], 2, "nearest")
 
 
 def test_regression_in_stride_units_scales_each_level_by_its_stride():

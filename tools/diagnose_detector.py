@@ -25,7 +25,7 @@ from box_panoptic.data.user_datasets import (  # noqa: E402
 )
 from box_panoptic.diagnostics import diagnose_detector  # noqa: E402
 from box_panoptic.engine import build_eval_model, setup_for_tool  # noqa: E402
-from box_panoptic.modeling.targets import size_ranges  # noqa: E402
+from box_panoptic.modeling.losses import assignment_from_config  # noqa: E402
 
 
 def main(argv=None):
@@ -49,9 +49,7 @@ def main(argv=None):
     name = a.dataset or cfg.DATASETS.TEST[0]
     mapped = [mapper(r) for r in load_panoptic_dicts([name])]
     bp = cfg.MODEL.BOX_PANOPTIC
-    ranges = size_ranges(bp.SIZES_OF_INTEREST, len(bp.IN_FEATURES))
-    by_instance = bp.LEVEL_ASSIGNMENT == "instance"
-    d = diagnose_detector(model, mapped, bp.DET_SCORE_THRESH, ranges, by_instance)
+    d = diagnose_detector(model, mapped, bp.DET_SCORE_THRESH, assignment_from_config(cfg))
     print(f"{name}, detection score threshold {bp.DET_SCORE_THRESH}:")
     print(d.report())
 

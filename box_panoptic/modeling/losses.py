@@ -14,9 +14,20 @@ from detectron2.utils import comm
 from ..data.class_layout import class_layout_from_config
 from .inference import level_locations
 from .mask_construction import dense_box_map, location_term
-from .targets import centerness_targets, fcos_targets, levelness_targets, size_ranges
+from .targets import LocationAssignment, centerness_targets
 
-__all__ = ["BoxPanopticCriterion", "reduce_mean"]
+__all__ = ["BoxPanopticCriterion", "assignment_from_config", "reduce_mean"]
+
+
+def assignment_from_config(cfg) -> LocationAssignment:
+    """The training assignment MODEL.BOX_PANOPTIC describes (a bad LEVEL_ASSIGNMENT is named)."""
+    bp = cfg.MODEL.BOX_PANOPTIC
+    try:
+        return LocationAssignment.from_settings(
+            bp.SIZES_OF_INTEREST, len(bp.IN_FEATURES), bp.LEVEL_ASSIGNMENT, bp.CENTRE_POSITIVE
+        )
+    except ValueError as e:
+        raise ValueError(f"MODEL.BOX_PANOPTIC.LEVEL_ASSIGNMENT: {e}") from None
 
 
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -38,20 +49,14 @@ class BoxPanopticCriterion(nn.Module):
         super().__init__()
         bp = cfg.MODEL.BOX_PANOPTIC
         # fmt: off
-        if bp.LEVEL_ASSIGNMENT not in ("location", "instance"):
-            raise ValueError(
-                "MODEL.BOX_PANOPTIC.LEVEL_ASSIGNMENT must be 'location' or 'instance', got "
-                f"{bp.LEVEL_ASSIGNMENT!r}"
-            )
         layout = class_layout_from_config(cfg)
         self.num_thing_classes = layout.num_thing_classes
-        self.ranges            = size_ranges(bp.SIZES_OF_INTEREST, len(bp.IN_FEATURES))
+        self.assignment        = assignment_from_config(cfg)
         self.focal_alpha       = bp.FOCAL_ALPHA
         self.focal_gamma       = bp.FOCAL_GAMMA
         self.weak              = bp.WEAK_SUPERVISION
         self.mask_loss         = bp.MASK_LOSS and not bp.WEAK_SUPERVISION
         self.location_term     = bp.LOCATION_TERM
-        self.by_instance       = bp.LEVEL_ASSIGNMENT == "instance"
         self.register_buffer("thing_ids", torch.tensor(layout.thing_ids), persistent=False)
         self.weights = {"loss_cls": bp.LOSS_WEIGHT_CLS, "loss_box": bp.LOSS_WEIGHT_BOX,
                         "loss_ctr": bp.LOSS_WEIGHT_CTR, "loss_sem_seg": bp.LOSS_WEIGHT_SEM,
@@ -95,15 +100,8 @@ class BoxPanopticCriterion(nn.Module):
         for i, x in enumerate(batched_inputs):
             boxes, classes, masks = self._gt(x, padded, device)
             gts.append((boxes, classes, masks))
-            lab, ltrb, _ = fcos_targets(
-                points,
-                level_of_point,
-                self.ranges,
-                boxes,
-                classes,
-                masks,
-                self.num_thing_classes,
-                self.by_instance,
+            lab, ltrb, _ = self.assignment.fcos(
+                points, level_of_point, boxes, classes, masks, self.num_thing_classes
             )
             sem = x["sem_seg"].to(device).long()
             sem_t[i, : sem.shape[0], : sem.shape[1]] = sem
@@ -117,9 +115,7 @@ class BoxPanopticCriterion(nn.Module):
                 else torch.zeros(padded, dtype=torch.bool, device=device)
             )
             ignore4 = (sem_t[i, yi4, xi4] == 255) | crowd[yi4, xi4]
-            lev_t.append(
-                levelness_targets(pts4, self.ranges, boxes, masks, ignore4, self.by_instance)
-            )
+            lev_t.append(self.assignment.levelness(pts4, boxes, masks, ignore4))
             crowd_pts.append(crowd[yi, xi] & (lab == self.num_thing_classes))
             labels.append(lab)
             ltrbs.append(ltrb)

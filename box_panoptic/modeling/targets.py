@@ -6,11 +6,13 @@ p; locations inside boxes but on no mask, and every location in weak supervision
 smallest-area box containing p (FCOS's ambiguity rule, supplementary section 3).
 """
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = [
+    "LocationAssignment",
     "size_ranges",
     "assign_locations",
     "fcos_targets",
@@ -32,6 +34,61 @@ def size_ranges(sizes_of_interest: Sequence[float], num_levels: int) -> List[Tup
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+@dataclass(frozen=True)
+class LocationAssignment:
+    """How training locations become positives (METHOD section 3.1 and two training options).
+
+    Attributes:
+        ranges: per FPN level, the (lo, hi] size-of-interest range (:func:`size_ranges`).
+        by_instance: one level per instance, from its box size (see :func:`assign_locations`).
+        centre_positive: each instance also owns the location nearest its box centre.
+    """
+
+    ranges: Tuple[Tuple[float, float], ...]
+    by_instance: bool = False
+    centre_positive: bool = False
+
+    LEVEL_MODES = ("location", "instance")
+
+    @classmethod
+    def from_settings(
+        cls,
+        sizes_of_interest: Sequence[float],
+        num_levels: int,
+        level_assignment: str = "location",
+        centre_positive: bool = False,
+    ) -> "LocationAssignment":
+        if level_assignment not in cls.LEVEL_MODES:
+            raise ValueError(
+                f"level assignment must be one of {cls.LEVEL_MODES}, got {level_assignment!r}"
+            )
+        return cls(
+            tuple(size_ranges(sizes_of_interest, num_levels)),
+            level_assignment == "instance",
+            bool(centre_positive),
+        )
+
+    def fcos(self, points, level_of_point, gt_boxes, gt_classes, gt_masks, num_classes):
+        """:func:`fcos_targets` under this assignment."""
+        return fcos_targets(
+            points,
+            level_of_point,
+            self.ranges,
+            gt_boxes,
+            gt_classes,
+            gt_masks,
+            num_classes,
+            self.by_instance,
+            self.centre_positive,
+        )
+
+    def levelness(self, points, gt_boxes, gt_masks, ignore=None):
+        """:func:`levelness_targets` under this assignment (the centre rule does not apply)."""
+        return levelness_targets(
+            points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance
+        )
+
+
 def assign_locations(
     points: torch.Tensor,
     gt_boxes: torch.Tensor,
@@ -39,6 +96,7 @@ def assign_locations(
     lo: torch.Tensor,
     hi: torch.Tensor,
     by_instance: bool = False,
+    centre_positive: bool = False,
 ):
     """Owner of each point and its ltrb distances to the owner's box.
 
@@ -51,6 +109,10 @@ def assign_locations(
             box centre), the same at every point: all of an instance's points go to one level.
             Else m = max(ltrb) of each point (FCOS): points near the box edges go to a coarser
             level than the centre, and small objects get few positives on either.
+        centre_positive: every instance may also own the point nearest its box centre among the
+            points inside its box and in its size range, even off its mask (a thin or small
+            object whose mask holds no point of its level still gets a positive). The
+            smallest-area rule still settles points claimed twice.
     Returns:
         owner (M,) long, -1 where the point is no positive; ltrb (M, 4) to the owner (0 if none);
         m (M,) to the owner.
@@ -73,7 +135,8 @@ def assign_locations(
         m = half[None].expand(m_pts, g)
     else:
         m = ltrb.max(dim=2).values
-    cand = inside & (m > lo[:, None]) & (m <= hi[:, None])
+    in_range = inside & (m > lo[:, None]) & (m <= hi[:, None])
+    cand = in_range
     if gt_masks is not None:
         h, w = gt_masks.shape[-2:]
         xi = points[:, 0].long().clamp(0, w - 1)
@@ -81,6 +144,8 @@ def assign_locations(
         on = gt_masks[:, yi, xi].t()  # (M, G)
         on_any = on.any(dim=1, keepdim=True)
         cand = cand & torch.where(on_any, on, torch.ones_like(on))
+    if centre_positive:
+        cand = cand | _nearest_to_centre(points, gt_boxes, in_range)
     area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
     area = torch.where(cand, area[None].expand(m_pts, g), torch.full_like(m, INF))
     best_area, owner = area.min(dim=1)
@@ -90,6 +155,18 @@ def assign_locations(
     rows = torch.arange(m_pts, device=points.device)
     own_ltrb = ltrb[rows, idx] * pos[:, None]
     return owner, own_ltrb, m[rows, idx] * pos
+
+
+def _nearest_to_centre(points, gt_boxes, allowed):
+    """(M, G) bool: for each box, the allowed point nearest its centre (none if none allowed)."""
+    centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    dist = (points[:, None, :] - centre[None]).abs().sum(dim=2)  # (M, G) L1
+    dist = torch.where(allowed, dist, torch.full_like(dist, INF))
+    best, idx = dist.min(dim=0)  # (G,)
+    chosen = torch.zeros_like(allowed)
+    has = torch.isfinite(best)
+    chosen[idx[has], torch.arange(gt_boxes.shape[0], device=points.device)[has]] = True
+    return chosen
 
 
 def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
@@ -102,9 +179,18 @@ def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
 
 
 def fcos_targets(
-    points, level_of_point, ranges, gt_boxes, gt_classes, gt_masks, num_classes, by_instance=False
+    points,
+    level_of_point,
+    ranges,
+    gt_boxes,
+    gt_classes,
+    gt_masks,
+    num_classes,
+    by_instance=False,
+    centre_positive=False,
 ):
-    """FCOS targets for all locations of one image (``by_instance``: see :func:`assign_locations`).
+    """FCOS targets for all locations of one image (``by_instance``, ``centre_positive``: see
+    :func:`assign_locations`).
 
     Args:
         points: (M, 2) all levels' locations, finest level first. level_of_point: (M,) long.
@@ -114,7 +200,9 @@ def fcos_targets(
     """
     lo = points.new_tensor([r[0] for r in ranges])[level_of_point]
     hi = points.new_tensor([r[1] for r in ranges])[level_of_point]
-    owner, ltrb, _ = assign_locations(points, gt_boxes, gt_masks, lo, hi, by_instance)
+    owner, ltrb, _ = assign_locations(
+        points, gt_boxes, gt_masks, lo, hi, by_instance, centre_positive
+    )
     labels = torch.full_like(owner, num_classes)
     if gt_classes.numel():
         labels = torch.where(owner >= 0, gt_classes[owner.clamp(min=0)], labels)
