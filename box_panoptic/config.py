@@ -102,6 +102,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # pixel's 2x2 window of stride-4 cells (exact while at most K detections reach sigma there).
     # Post-processing time and memory at full resolution grow with K, not with the detections.
     bp.ASSEMBLY_CANDIDATES = 4
+    # Exact post-processing: where more than ASSEMBLY_CANDIDATES detections reach sigma in a
+    # window (crowds), the image gets as many slots as its most crowded window needs, so the
+    # masks equal full-resolution upsampling. False: at most ASSEMBLY_CANDIDATES per window
+    # (fixed cost; the K strongest kept). Traced exports always use the fixed K.
+    bp.ASSEMBLY_EXACT = True
     # Run the network on channels-last (NHWC) tensors: oneDNN's faster convolution path on CPUs.
     bp.CHANNELS_LAST = True
 

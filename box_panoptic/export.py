@@ -68,21 +68,17 @@ class PanopticExportModule(nn.Module):
         inputs = [{"image": image}]
         images = self.model.preprocess_image(inputs)
         out = self.model.network(images)
-        cache = self.model.decode(out, inputs, images)[0]
-        sem_seg, _, r = self.model.panoptic_outputs(cache)
-        category = r["segment_category"]
-        if self.model.output_category_ids is not None:  # the dataset's contiguous ids
-            category = category.new_tensor(self.model.output_category_ids)[category]
+        post = self.model.postprocessor
+        decoded = post.decode(out, images, [images.image_sizes[0]])[0]  # no resize
+        result = post.panoptic(decoded)
+        seg = result.segments
+        category = seg.category
+        if post.output_category_ids is not None:  # the dataset's contiguous ids
+            category = category.new_tensor(post.output_category_ids)[category]
         table = torch.stack(
-            [
-                category.float(),
-                r["segment_isthing"].float(),
-                r["segment_score"].float(),
-                r["segment_area"].float(),
-            ],
-            dim=1,
+            [category.float(), seg.isthing.float(), seg.score.float(), seg.area.float()], dim=1
         )
-        return r["panoptic"], table, sem_seg
+        return seg.panoptic, table, result.sem_seg
 
 
 class _ShapeChecked(nn.Module):

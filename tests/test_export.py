@@ -110,7 +110,9 @@ def test_exported_artifacts_take_any_image_size():
     import onnxruntime as ort
 
     model = _model()
-    model.pre_nms_top_n = 300  # 96x128: 576 P3 candidates; the sizes below have fewer and more
+    model.postprocessor.pre_nms_top_n = (
+        300  # 96x128: 576 P3 candidates; the sizes below have fewer and more
+    )
     wrapper = PanopticExportModule(model)
     a, _ = _inputs()
     ts = export_torchscript(model, a)

@@ -9,8 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from detectron2.layers import ShapeSpec
+from detectron2.structures import BitMasks, Boxes, Instances
 
-from box_panoptic.modeling import BoxPanoptic
+from box_panoptic.modeling import (
+    BoxPanoptic,
+    BoxPanopticCriterion,
+    BoxPanopticPostProcessor,
+    LocationAssignment,
+)
 from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.head import BoxPanopticHead, LevelnessHead, fused_conv3x3
 from box_panoptic.modeling.inference import decode_level, select_detections
@@ -162,13 +168,13 @@ def test_nms_chain_hand_built():
 
 
 def _check_assembly(r, det_classes, is_thing):
-    pan = r["panoptic"]
+    pan = r.panoptic
     ids = set(pan.unique().tolist()) - {0}
-    assert ids == set(range(1, len(r["segment_category"]) + 1))
-    for k, (c, t) in enumerate(zip(r["segment_category"].tolist(), r["segment_isthing"].tolist())):
+    assert ids == set(range(1, len(r.category) + 1))
+    for k, (c, t) in enumerate(zip(r.category.tolist(), r.isthing.tolist())):
         assert bool(is_thing[c]) == t
-        assert (pan == k + 1).sum() == r["segment_area"][k]
-        assert r["segment_area"][k] > 0
+        assert (pan == k + 1).sum() == r.area[k]
+        assert r.area[k] > 0
 
 
 @pytest.mark.parametrize("fn", [assemble_argmax, assemble_paste])
@@ -198,15 +204,13 @@ def test_assembly_invariants(fn):
         stuff_area_min=10,
     )
     _check_assembly(r, classes, is_thing)
-    pan = r["panoptic"]
-    cats = r["segment_category"]
-    inst_ids = [k + 1 for k, t in enumerate(r["segment_isthing"].tolist()) if t]
+    pan = r.panoptic
+    cats = r.category
+    inst_ids = [k + 1 for k, t in enumerate(r.isthing.tolist()) if t]
     assert len(inst_ids) == 3
     overlap = pan[20, 20].item()  # both 0 and 1 accept it
     expect = 0 if fn is assemble_argmax else 1  # higher S_j vs higher score
-    assert (
-        cats[overlap - 1] == classes[expect] and r["segment_score"][overlap - 1] == scores[expect]
-    )
+    assert cats[overlap - 1] == classes[expect] and r.score[overlap - 1] == scores[expect]
     # stuff fills the rest, void nowhere since stuff areas are large
     assert (pan > 0).all()
 
@@ -227,8 +231,8 @@ def test_assembly_without_detections_is_all_stuff_or_void():
         instance_area_min=0,
         stuff_area_min=1,
     )
-    assert (r["panoptic"][:, :5] == 0).all() and (r["panoptic"][:, 5:] == 1).all()
-    assert r["segment_category"].tolist() == [2] and r["segment_isthing"].tolist() == [False]
+    assert (r.panoptic[:, :5] == 0).all() and (r.panoptic[:, 5:] == 1).all()
+    assert r.category.tolist() == [2] and r.isthing.tolist() == [False]
 
 
 def _force_detections(model):
@@ -314,20 +318,53 @@ def test_config_disagreeing_with_dataset_metadata_is_refused(synthetic_root):
 
 
 def test_explicit_construction_without_cfg():
-    """Other projects can build the meta-architecture from modules (no cfg)."""
+    """Other projects can build the meta-architecture, its post-processor and its criterion
+    from modules and arguments (no cfg), and train it."""
     ref = get_model()
+    strides = [8, 16, 32, 64, 128]
     model = BoxPanoptic(
         backbone=ref.backbone,
         head=ref.head,
         sem_seg_head=ref.sem_seg_head,
         levelness_head=ref.levelness_head,
+        postprocessor=BoxPanopticPostProcessor(
+            strides=strides, thing_semantic_ids=[0, 1, 2], stuff_area_min=256
+        ),
+        criterion=BoxPanopticCriterion(
+            strides=strides,
+            thing_semantic_ids=[0, 1, 2],
+            assignment=LocationAssignment.from_settings([16, 32, 64, 128], 5, "instance"),
+            loss_weights={"loss_levelness": 0.5},
+        ),
         in_features=ref.in_features,
-        strides=ref.strides,
-        thing_semantic_ids=[0, 1, 2],
         pixel_mean=[127.5] * 3,
         pixel_std=[64.0] * 3,
-        stuff_area_min=256,
     ).eval()
+    assert model.strides == ref.strides == strides
     x = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}]
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0]["sem_seg"], ref.eval()(x)[0]["sem_seg"])
+    # one training step, with the criterion's weights
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:40, 12:44] = True
+    inst = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[12.0, 10.0, 44.0, 40.0]])))
+    inst.gt_classes = torch.tensor([1])
+    inst.gt_masks = BitMasks(masks)
+    sem = torch.full((64, 64), 4, dtype=torch.long)
+    sem[masks[0]] = 1
+    batch = [dict(x[0], instances=inst, sem_seg=sem)]
+    model.train()
+    ref.train()
+    losses = model(batch)
+    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr", "loss_sem_seg", "loss_levelness"}
+    ref_losses = ref(batch)
+    torch.testing.assert_close(losses["loss_levelness"], ref_losses["loss_levelness"] * 0.5)
+    sum(losses.values()).backward()
+    assert ref.head.box_cls_logits.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown losses \\['loss_foo'\\]"):
+        BoxPanopticCriterion(
+            strides=strides,
+            thing_semantic_ids=[0],
+            assignment=LocationAssignment.from_settings([16, 32, 64, 128], 5),
+            loss_weights={"loss_foo": 1.0},
+        )

@@ -87,7 +87,7 @@ def test_weak_mapper_never_reads_instance_masks(synthetic_root):
 
 def test_weak_training_reduces_loss(synthetic_root):
     torch.manual_seed(0)
-    cfg = get_cfg_from(WEAK_CONFIG)
+    cfg = get_cfg_from(WEAK_CONFIG, *IDENTITY_TRAIN_TRANSFORM)  # the same batch every run
     model = get_model(WEAK_CONFIG).train()
     mapper = BoxPanopticDatasetMapper(cfg, True)
     data = [mapper(r) for r in DatasetCatalog.get("synthetic_panoptic_train")[:4]]
@@ -119,13 +119,16 @@ def test_sigma_sweep_matches_direct_evaluation_and_refuses_bad_input(synthetic_r
     assert [r["sigma"] for r in rows] == [0.3, 0.5]
     # the cached path equals running the model with that sigma
     for r, sigma in zip(rows, (0.3, 0.5)):
-        model.mask_thresh, model.det_score_thresh = sigma, 0.1
+        model.postprocessor.mask_thresh, model.postprocessor.det_score_thresh = sigma, 0.1
         with torch.no_grad():
             direct = [model([x[0]])[0] for x in loader]
-        cached = [model.postprocess(c) for c in cache["items"]]
+        cached = [model.postprocessor.postprocess(c["decoded"]) for c in cache["items"]]
         for a, b in zip(direct, cached):
             assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
     with pytest.raises(ValueError, match="grid is empty"):
         sweep(model, cache, "fp-A", records, meta, [], [0.1])
     with pytest.raises(CacheMismatchError, match="another model"):
         sweep(model, cache, "fp-B", records, meta, [0.3], [0.1])
+    old_format = dict(cache, items=[{"image_id": 0}])
+    with pytest.raises(CacheMismatchError, match="older format"):
+        sweep(model, old_format, "fp-A", records, meta, [0.3], [0.1])

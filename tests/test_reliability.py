@@ -212,17 +212,17 @@ def test_assembly_properties(p, seed, sigma, fn):
     kw = dict(mask_thresh=sigma, overlap_thresh=0.5, instance_area_min=2, stuff_area_min=5)
     active = torch.ones(p, dtype=torch.bool)
     r = fn(dense_candidates(masks), classes, scores, active, sem, is_thing, **kw)
-    pan = r["panoptic"]
-    n = len(r["segment_category"])
+    pan = r.panoptic
+    n = len(r.category)
     assert set(pan.unique().tolist()) - {0} == set(range(1, n + 1))  # ids <-> segments
     areas = torch.bincount(pan.reshape(-1).long(), minlength=n + 1)[1:]
-    assert torch.equal(areas, r["segment_area"]) and (areas > 0).all()  # no empty segment
-    for cat, isthing in zip(r["segment_category"].tolist(), r["segment_isthing"].tolist()):
+    assert torch.equal(areas, r.area) and (areas > 0).all()  # no empty segment
+    for cat, isthing in zip(r.category.tolist(), r.isthing.tolist()):
         assert bool(is_thing[cat]) == isthing  # things only from thing classes
-    inst = r["segment_isthing"]
-    assert (r["segment_area"][inst] >= 2).all()
+    inst = r.isthing
+    assert (r.area[inst] >= 2).all()
     again = fn(dense_candidates(masks), classes, scores, active, sem, is_thing, **kw)
-    assert torch.equal(again["panoptic"], pan)  # deterministic
+    assert torch.equal(again.panoptic, pan)  # deterministic
 
 
 def _write_scene(record, h, w, thing_box=None):

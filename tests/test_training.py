@@ -112,6 +112,34 @@ def test_losses_are_finite_without_instances_and_hand_checked_normalisation():
     torch.testing.assert_close(losses["loss_levelness"].detach(), lev, rtol=1e-4, atol=1e-4)
 
 
+def test_every_worker_joins_the_same_reductions_with_or_without_positives(synthetic_root):
+    """A collective skipped on one worker aborts DDP (gloo: "collective mismatch"): the criterion
+    calls reduce_mean the same number of times for an image without instances."""
+    from unittest import mock
+
+    from box_panoptic.modeling import losses as losses_module
+
+    model = get_model().train()
+    empty = Instances((64, 96))
+    empty.gt_masks = BitMasks(torch.zeros(0, 64, 96, dtype=torch.bool))
+    empty.gt_boxes = empty.gt_masks.get_bounding_boxes()
+    empty.gt_classes = torch.zeros(0, dtype=torch.long)
+    image = torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)
+    calls = []
+
+    def counting(x):
+        calls.append(float(x))
+        return x
+
+    with mock.patch.object(losses_module, "reduce_mean", counting), EventStorage():
+        model([{"image": image, "instances": empty, "sem_seg": torch.full((64, 96), 4)}])
+        without = len(calls)
+        calls.clear()
+        model(_synthetic_inputs(1))
+        with_positives = len(calls)
+    assert without == with_positives == 2
+
+
 def test_training_reduces_loss(synthetic_root):
     torch.manual_seed(0)
     model = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.MASK_LOSS", True).train()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.mask_candidates import soft_mask_candidates
 from box_panoptic.modeling.mask_construction import location_term, soft_masks
-from box_panoptic.modeling.meta_arch import instance_masks
+from box_panoptic.modeling.postprocess import instance_masks
 from box_panoptic.modeling.upsampling import (
     dense_candidates,
     output_grid,
@@ -78,9 +78,9 @@ def test_candidates_equal_dense_reference_when_k_covers_every_window(fn, seed):
     ref = dense_candidates(dense)
     r = fn(fast, classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW)
     e = fn(ref, classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW)
-    assert len(e["segment_category"]) > 3 and e["segment_isthing"].sum() >= 2
-    for key in e:
-        assert torch.equal(r[key], e[key]), key
+    assert len(e.category) > 3 and e.isthing.sum() >= 2
+    for key in e._fields:
+        assert torch.equal(getattr(r, key), getattr(e, key)), key
     assert torch.equal(instance_masks(fast, sigma, p), dense >= sigma)
 
 
@@ -134,30 +134,34 @@ def test_model_outputs_equal_the_dense_reference_and_channels_last_changes_littl
     image = torch.randint(0, 255, (3, 96, 130), dtype=torch.uint8)
     inputs = [{"image": image}]
     sigma, tau = 0.1, 0.0  # random weights: semantic probabilities near 1 / 6
+    post = model.postprocessor
     with torch.no_grad():
         images = model.preprocess_image(inputs)
         out = model.network(images)
-        cache = model.decode(out, inputs, images)[0]
+        d = post.decode(out, images, [images.image_sizes[0]])[0]
         # query boxes copied from the dense box map: each one's soft mask peaks around its cell
         g = torch.Generator().manual_seed(0)
-        h4, w4 = cache["dense"].shape[-2:]
+        h4, w4 = d.dense.shape[-2:]
         ys, xs = torch.randint(0, h4, (12,), generator=g), torch.randint(0, w4, (12,), generator=g)
-        cache["boxes"] = cache["dense"][:, ys, xs].t().contiguous()
-        cache["scores"], cache["classes"] = cache["scores"][:12], cache["classes"][:12]
-        sem_seg, sem_prob4, _ = model.construct(cache)
-        masks4 = model.soft_masks(cache, sem_prob4)
-        p = len(cache["scores"])
-        model.assembly_candidates = p  # every detection a candidate: exact
-        _, cand, fast = model.panoptic_outputs(cache, sigma, tau)
-        dense = _reference_masks(masks4, cache["padded_size"], cache["image_size"])
-        ref = model.panoptic_tensors(cache, sem_seg, dense_candidates(dense), sigma, tau)
+        d = d.replace(
+            boxes=d.dense[:, ys, xs].t().contiguous(), scores=d.scores[:12], classes=d.classes[:12]
+        )
+        sem_seg, sem_prob4, _ = post.construct(d)
+        masks4 = post.soft_masks(d, sem_prob4)
+        p = len(d.scores)
+        post.candidates, post.exact = 1, True  # grown to every detection reaching sigma: exact
+        fast_result = post.panoptic(d, sigma, tau)
+        cand, fast = fast_result.candidates, fast_result.segments
+        dense = _reference_masks(masks4, d.padded_size, d.image_size)
+        ref = post.assemble(d, sem_seg, dense_candidates(dense), sigma, tau)
         model.channels_last = False
         plain = model.network(images)
     reach = (dense >= sigma).sum(dim=0)
     assert p == 12 and (reach > 0).float().mean() > 0.05 and (reach > 1).any()
-    assert fast["segment_isthing"].sum() >= 2
-    for key in ref:
-        assert torch.equal(fast[key], ref[key]), key
+    assert cand.values.shape[0] > 1  # the crowded windows grew K
+    assert fast.isthing.sum() >= 2
+    for key in ref._fields:
+        assert torch.equal(getattr(fast, key), getattr(ref, key)), key
     assert torch.equal(instance_masks(cand, sigma, p), dense >= sigma)
     for key in ("sem_seg", "levelness"):
         torch.testing.assert_close(out[key], plain[key], atol=1e-4, rtol=1e-4)
@@ -184,14 +188,14 @@ def test_candidate_assembly_properties_hold_for_any_k(p, k, seed, sigma, fn):
     cand = sample_candidates(masks4, grid, k, sigma, active)
     kw = dict(mask_thresh=sigma, overlap_thresh=0.5, instance_area_min=2, stuff_area_min=5)
     r = fn(cand, classes, scores, active, sem, IS_THING, **kw)
-    pan = r["panoptic"]
-    n = len(r["segment_category"])
+    pan = r.panoptic
+    n = len(r.category)
     assert set(pan.unique().tolist()) - {0} == set(range(1, n + 1))
     areas = torch.bincount(pan.reshape(-1).long(), minlength=n + 1)[1:]
-    assert torch.equal(areas, r["segment_area"]) and (areas > 0).all()
-    for cat, isthing in zip(r["segment_category"].tolist(), r["segment_isthing"].tolist()):
+    assert torch.equal(areas, r.area) and (areas > 0).all()
+    for cat, isthing in zip(r.category.tolist(), r.isthing.tolist()):
         assert bool(IS_THING[cat]) == isthing
-    thing_scores = r["segment_score"][r["segment_isthing"]]
+    thing_scores = r.score[r.isthing]
     assert set(thing_scores.tolist()) <= set(scores[active].tolist())  # only active detections
     again = fn(
         sample_candidates(masks4, grid, k, sigma, active),
@@ -202,7 +206,7 @@ def test_candidate_assembly_properties_hold_for_any_k(p, k, seed, sigma, fn):
         IS_THING,
         **kw,
     )
-    assert all(torch.equal(again[key], r[key]) for key in r)
+    assert all(torch.equal(a, b) for a, b in zip(again, r))
 
 
 def _boxes_on_grid(h, w, g, levels=None):

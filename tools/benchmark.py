@@ -74,7 +74,7 @@ def _build(model_name: str):
     if model_name.startswith("box_panoptic"):
         _worst_case(model)
     if model_name == "box_panoptic_30det":  # a typical scene: 30 detections, not 100
-        model.post_nms_top_n = 30
+        model.postprocessor.post_nms_top_n = 30
     return model
 
 

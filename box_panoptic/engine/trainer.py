@@ -12,7 +12,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -52,23 +52,35 @@ class Trainer(DefaultTrainer):
     :func:`~box_panoptic.data.loading.load_panoptic_dicts` (errors name the dataset and file)."""
 
     def build_hooks(self):
-        # atomic checkpoint files and a finiteness check on load (box_panoptic.checkpoint);
-        # the data stream's seed is saved with every checkpoint
+        # atomic checkpoint files and a finiteness check on load (box_panoptic.checkpoint), in
+        # one layout on every detectron2 version (see state_dict); the data stream's seed is
+        # saved with every checkpoint. Hooks built below save through this checkpointer.
         old = self.checkpointer
-        extra = {}
+        extra = {"optimizer": self.optimizer}
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None:
+            extra["grad_scaler"] = scaler
         if isinstance(self._trainer.data_loader, ResumableTrainLoader):
             extra["data_stream"] = self._trainer.data_loader
-        if "optimizer" not in self.state_dict():
-            # detectron2 0.6's trainer state holds no optimizer: without this, --resume restarts
-            # SGD momentum at zero and ends with other weights than an uninterrupted run
-            extra["optimizer"] = self.optimizer
-            scaler = getattr(self._trainer, "grad_scaler", None)
-            if scaler is not None:
-                extra["grad_scaler"] = scaler
         self.checkpointer = SafeCheckpointer(
             old.model, old.save_dir, **old.checkpointables, **extra
         )
         return super().build_hooks() + [PreemptionCheckpoint(self.checkpointer)]
+
+    def state_dict(self):
+        """{"iteration", "hooks"} only: the optimizer (and AMP's grad scaler) are checkpointables
+        of their own. detectron2 0.6's trainer state holds no optimizer, main's holds it under
+        "_trainer"; this one layout saves it once and resumes under either version."""
+        return TrainerBase.state_dict(self)
+
+    def load_state_dict(self, state):
+        TrainerBase.load_state_dict(self, state)
+        inner = state.get("_trainer") or {}  # a checkpoint of detectron2 main's own trainer
+        if "optimizer" in inner:  # the "optimizer" checkpointable, when saved, loads after
+            self.optimizer.load_state_dict(inner["optimizer"])
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None and "grad_scaler" in inner:
+            scaler.load_state_dict(inner["grad_scaler"])
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..modeling.meta_arch import output_sizes
 from .panoptic_quality import PQStat, pq_image, summarize
 
 __all__ = ["CacheMismatchError", "model_fingerprint", "build_cache", "sweep"]
@@ -33,17 +34,18 @@ def model_fingerprint(model: torch.nn.Module, cfg_dump: str) -> str:
 
 
 def build_cache(model, data_loader, fingerprint: str) -> Dict:
-    """Run the network once per image; keep :meth:`BoxPanoptic.decode`'s outputs (CPU)."""
+    """Run the network once per image; keep each image's
+    :class:`~box_panoptic.modeling.postprocess.DecodedImage` (on the CPU) under "decoded"."""
     items, start = [], time.perf_counter()
     with torch.no_grad():
         for batch in data_loader:
             images = model.preprocess_image(batch)
             out = model.network(images)
-            for x, c in zip(batch, model.decode(out, batch, images)):
-                c = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in c.items()}
-                c["image_id"] = x["image_id"]
-                c["file_name"] = x["file_name"]
-                items.append(c)
+            decoded = model.postprocessor.decode(out, images, output_sizes(batch, images))
+            for x, d in zip(batch, decoded):
+                items.append(
+                    {"decoded": d.to("cpu"), "image_id": x["image_id"], "file_name": x["file_name"]}
+                )
     return {
         "fingerprint": fingerprint,
         "items": items,
@@ -86,6 +88,8 @@ def sweep(
             "sigma search: the cache was made by another model or config "
             f"(cache {str(cache.get('fingerprint'))[:12]}, model {fingerprint[:12]}); rebuild it"
         )
+    if any("decoded" not in item for item in cache.get("items", [])):
+        raise CacheMismatchError("sigma search: the cache is of an older format; rebuild it")
     with open(meta.panoptic_json) as f:
         categories = {c["id"]: c for c in json.load(f)["categories"]}
     to_dataset = {
@@ -102,15 +106,14 @@ def sweep(
         start = time.perf_counter()
         stat = PQStat()
         for item in cache["items"]:
-            pan, segments = model.postprocess(item, mask_thresh=sigma, det_score_thresh=tau)[
-                "panoptic_seg"
-            ]
+            d = item["decoded"].to(model.device)
+            pan, segments = model.postprocessor.postprocess(d, sigma, tau)["panoptic_seg"]
             gt_ids, gt_segs = gt[item["image_id"]]
             stat.add(
                 pq_image(
                     gt_ids,
                     gt_segs,
-                    pan.numpy().astype(np.uint32),
+                    pan.cpu().numpy().astype(np.uint32),
                     _to_dataset_segments(segments, meta),
                     categories,
                     item["image_id"],

@@ -11,3 +11,6 @@ from .head import (  # noqa: F401
     LevelnessHead,
 )
 from .meta_arch import BoxPanoptic  # noqa: F401
+from .losses import BoxPanopticCriterion  # noqa: F401
+from .postprocess import BoxPanopticPostProcessor, DecodedImage, ImagePanoptic  # noqa: F401
+from .targets import LocationAssignment  # noqa: F401

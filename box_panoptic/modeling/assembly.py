@@ -18,7 +18,7 @@ Both read the soft masks as per-pixel candidates (:class:`~.upsampling.Candidate
 strongest detections of each pixel's window, or every detection (``dense_candidates``).
 """
 
-from typing import Dict
+from typing import NamedTuple
 
 import torch
 
@@ -26,11 +26,29 @@ from detectron2.utils.registry import Registry
 
 from .upsampling import Candidates
 
-__all__ = ["PANOPTIC_ASSEMBLY_REGISTRY", "assemble_panoptic", "assemble_argmax", "assemble_paste"]
+__all__ = [
+    "PANOPTIC_ASSEMBLY_REGISTRY",
+    "PanopticSegments",
+    "assemble_panoptic",
+    "assemble_argmax",
+    "assemble_paste",
+]
 
 PANOPTIC_ASSEMBLY_REGISTRY = Registry("PANOPTIC_ASSEMBLY")
 PANOPTIC_ASSEMBLY_REGISTRY.__doc__ = """Panoptic assembly rules: functions with the signature of
-:func:`assemble_panoptic` minus ``priority``, returning its dict."""
+:func:`assemble_panoptic` minus ``priority``, returning :class:`PanopticSegments`."""
+
+
+class PanopticSegments(NamedTuple):
+    """An assembled panoptic image: ``panoptic`` (H, W) int32 ids (0 = void, 1..S) and, per
+    segment s (id s + 1), ``category`` (S,) semantic index, ``isthing`` (S,) bool, ``score``
+    (S,) (0 for stuff) and ``area`` (S,) pixels."""
+
+    panoptic: torch.Tensor
+    category: torch.Tensor
+    isthing: torch.Tensor
+    score: torch.Tensor
+    area: torch.Tensor
 
 
 def _assign(priority: torch.Tensor, accepted: torch.Tensor, candidates: Candidates):
@@ -69,7 +87,7 @@ def assemble_panoptic(
     overlap_thresh: float,
     instance_area_min: int,
     stuff_area_min: int,
-) -> Dict[str, torch.Tensor]:
+) -> PanopticSegments:
     """Combine detections, their soft masks and the semantic prediction into a panoptic map.
 
     Args:
@@ -83,9 +101,7 @@ def assemble_panoptic(
         is_thing_class: (C,) bool.
         mask_thresh: sigma; a pixel accepts detection j when S_j >= sigma.
     Returns:
-        dict with "panoptic" (H, W) int32 ids (0 = void, 1..S), and per segment s (id s + 1):
-        "segment_category" (S,), "segment_isthing" (S,) bool, "segment_score" (S,) (0 for stuff),
-        "segment_area" (S,).
+        :class:`PanopticSegments`.
     """
     slots = torch.cat([det_scores.new_zeros(1), det_scores])  # 1 + P counting slots: 0 = none
     accepted = candidates.values >= mask_thresh
@@ -118,22 +134,22 @@ def assemble_panoptic(
     panoptic = torch.where(inst > 0, inst_id[inst], stuff_id[stuff_label])
 
     stuff_classes = torch.arange(c, device=sem.device)[stuff_keep]
-    return {
-        "panoptic": panoptic,
-        "segment_category": torch.cat([det_classes[keep].long(), stuff_classes]),
-        "segment_isthing": torch.cat(
+    return PanopticSegments(
+        panoptic=panoptic,
+        category=torch.cat([det_classes[keep].long(), stuff_classes]),
+        isthing=torch.cat(
             [
                 torch.ones_like(det_classes[keep], dtype=torch.bool),
                 torch.zeros_like(stuff_classes, dtype=torch.bool),
             ]
         ),
-        "segment_score": torch.cat([det_scores[keep], det_scores.new_zeros(stuff_classes.shape)]),
-        "segment_area": torch.cat([visible[keep], stuff_area[stuff_keep]]),
-    }
+        score=torch.cat([det_scores[keep], det_scores.new_zeros(stuff_classes.shape)]),
+        area=torch.cat([visible[keep], stuff_area[stuff_keep]]),
+    )
 
 
 @PANOPTIC_ASSEMBLY_REGISTRY.register()
-def assemble_argmax(candidates: Candidates, *args, **kwargs) -> Dict[str, torch.Tensor]:
+def assemble_argmax(candidates: Candidates, *args, **kwargs) -> PanopticSegments:
     """Each pixel to the detection with the highest accepted S_j."""
     return assemble_panoptic(candidates, candidates.values, *args, **kwargs)
 
@@ -141,7 +157,7 @@ def assemble_argmax(candidates: Candidates, *args, **kwargs) -> Dict[str, torch.
 @PANOPTIC_ASSEMBLY_REGISTRY.register()
 def assemble_paste(
     candidates: Candidates, det_classes, det_scores, *args, **kwargs
-) -> Dict[str, torch.Tensor]:
+) -> PanopticSegments:
     """Each pixel to the highest-scoring detection that accepts it."""
     priority = candidates.per_pixel(_padded(det_scores)[candidates.window_ids])
     return assemble_panoptic(candidates, priority, det_classes, det_scores, *args, **kwargs)

@@ -86,6 +86,7 @@ def soft_mask_candidates(
     rank_first: torch.Tensor,
     mode: str = "giou_plus1",
     band_rows: int = 16,
+    grow: bool = False,
 ) -> Candidates:
     """Per output pixel, the K candidate detections and their soft masks (steps 5-6).
 
@@ -94,7 +95,8 @@ def soft_mask_candidates(
         dense: (4, h, w) dense box map, or (L, 4, h, w) every level's boxes.
         sem_prob: (C, h, w) semantic probabilities (in [0, 1]) on the same grid.
         grid: the output pixels on that grid (:func:`~.upsampling.output_grid`).
-        k, sigma, rank_first: as in :func:`~.upsampling.window_candidates`.
+        k, sigma, rank_first, grow: as in :func:`~.upsampling.window_candidates`; with
+            ``grow`` the image's K is the largest any band needed (empty slots elsewhere).
         mode: the location term (:func:`~.mask_construction.location_term`).
         band_rows: grid rows per band (on CPU; other devices take the whole grid at once).
     Returns:
@@ -110,7 +112,7 @@ def soft_mask_candidates(
     if torch.jit.is_tracing() or h <= band_rows or sem.device.type != "cpu":
         masks = _band_soft_masks(query, sem_class, boxes, sem, mode)  # one band: the grid
         ids, values = window_candidates(
-            torch.cat([masks, masks[-1:]]), grid.y, grid.x, k, sigma, rank_first
+            torch.cat([masks, masks[-1:]]), grid.y, grid.x, k, sigma, rank_first, grow
         )
         return Candidates(ids, grid.y.lo, grid.x.lo, values)
     ids = torch.empty((k, h, w), dtype=torch.long, device=sem.device)
@@ -127,8 +129,16 @@ def soft_mask_candidates(
         if below == r1:  # the bottom edge: the last row repeated
             masks = torch.cat([masks, masks[-1:]])
         band_ids, band_values = window_candidates(
-            masks, _band_rows(grid.y, i0, i1, r0), grid.x, k, sigma, rank_first[near]
+            masks, _band_rows(grid.y, i0, i1, r0), grid.x, k, sigma, rank_first[near], grow
         )
-        ids[:, r0:r1] = torch.cat([near.new_zeros(1), near + 1])[band_ids]  # band -> image ids
-        values[:, i0:i1] = band_values
+        kb = band_ids.shape[0]
+        if kb > ids.shape[0]:  # a crowded band: more slots everywhere, empty where unused
+            more = kb - ids.shape[0]
+            ids = torch.cat([ids, ids.new_zeros((more, h, w))])
+            values = torch.cat([values, values.new_full((more,) + values.shape[1:], -1.0)])
+        ids[:kb, r0:r1] = torch.cat([near.new_zeros(1), near + 1])[band_ids]  # band -> image ids
+        values[:kb, i0:i1] = band_values
+        if kb < ids.shape[0]:
+            ids[kb:, r0:r1] = 0
+            values[kb:, i0:i1] = -1.0
     return Candidates(ids, grid.y.lo, grid.x.lo, values)

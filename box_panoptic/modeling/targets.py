@@ -7,12 +7,18 @@ smallest-area box containing p (FCOS's ambiguity rule, supplementary section 3).
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
+
+from .inference import level_locations
 
 __all__ = [
+    "BatchTargets",
+    "GroundTruth",
     "LocationAssignment",
+    "batch_targets",
     "size_ranges",
     "assign_locations",
     "fcos_targets",
@@ -84,9 +90,7 @@ class LocationAssignment:
 
     def levelness(self, points, gt_boxes, gt_masks, ignore=None):
         """:func:`levelness_targets` under this assignment (the centre rule does not apply)."""
-        return levelness_targets(
-            points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance
-        )
+        return levelness_targets(points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance)
 
 
 def assign_locations(
@@ -226,3 +230,114 @@ def levelness_targets(
     if ignore is not None:
         target = torch.where(ignore, torch.full_like(target, 255), target)
     return target
+
+
+# ---- a batch's targets ---------------------------------------------------------------------------
+@dataclass
+class GroundTruth:
+    """One image's instances on the padded input: boxes (G, 4) XYXY, classes (G,) thing label,
+    masks (G, H, W) bool or None (weak supervision)."""
+
+    boxes: torch.Tensor
+    classes: torch.Tensor
+    masks: Optional[torch.Tensor]
+
+
+@dataclass
+class BatchTargets:
+    """Every training target of a batch, on the network's grids (METHOD section 3).
+
+    Attributes:
+        points: (M, 2) all FPN levels' locations, finest first (the same for every image).
+        labels: (N, M) thing label of each location, K (= background) where negative.
+        ltrb: (N, M, 4) distances to the owner's box (0 where negative).
+        crowd: (N, M) bool, negative locations in crowd regions (ignored, not negatives).
+        sem_seg: (N, H, W) long semantic labels on the padded input, 255 = ignore.
+        levelness: (N, h4, w4) long levelness labels on the stride-4 grid, 255 = ignore.
+        points4: (h4 w4, 2) the stride-4 grid's locations.
+        instances: per image, its :class:`GroundTruth`.
+    """
+
+    points: torch.Tensor
+    labels: torch.Tensor
+    ltrb: torch.Tensor
+    crowd: torch.Tensor
+    sem_seg: torch.Tensor
+    levelness: torch.Tensor
+    points4: torch.Tensor
+    instances: List[GroundTruth]
+
+
+def _pad_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    return F.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
+
+
+def ground_truth(x: Dict, padded: Tuple[int, int], device, weak: bool) -> GroundTruth:
+    """The "instances" of one mapped input (gt_boxes, gt_classes, gt_masks unless weak)."""
+    inst = x["instances"].to(device)
+    masks = None
+    if not weak:
+        if inst.has("gt_masks"):
+            m = inst.gt_masks
+            masks = _pad_to((m.tensor if hasattr(m, "tensor") else m).bool(), padded)
+        else:
+            masks = torch.zeros((0,) + tuple(padded), dtype=torch.bool, device=device)
+    return GroundTruth(inst.gt_boxes.tensor, inst.gt_classes, masks)
+
+
+def batch_targets(
+    batched_inputs: List[Dict],
+    padded: Tuple[int, int],
+    level_sizes: Sequence[Tuple[int, int]],
+    strides: Sequence[int],
+    size4: Tuple[int, int],
+    assignment: LocationAssignment,
+    num_thing_classes: int,
+    device: torch.device,
+    weak: bool = False,
+) -> BatchTargets:
+    """Targets of every input: its "instances", "sem_seg" (H, W) (255 = ignore) and optional
+    "crowd_mask" (H, W) bool, on the grids of a network input padded to ``padded`` (H, W) whose
+    levels are ``level_sizes`` (h, w) at ``strides``, and whose stride-4 grid is ``size4``;
+    built on ``device``."""
+    pts = [level_locations(h, w, s, device) for (h, w), s in zip(level_sizes, strides)]
+    points = torch.cat(pts)
+    level_of_point = torch.cat(
+        [torch.full((len(p),), i, device=device, dtype=torch.long) for i, p in enumerate(pts)]
+    )
+    pts4 = level_locations(size4[0], size4[1], 4, device)
+    yi4, xi4 = pts4[:, 1].long(), pts4[:, 0].long()  # the same pixels for every image
+    yi = points[:, 1].long().clamp(max=padded[0] - 1)
+    xi = points[:, 0].long().clamp(max=padded[1] - 1)
+    n = len(batched_inputs)
+    sem_t = torch.full((n,) + tuple(padded), 255, dtype=torch.long, device=device)
+    labels, ltrbs, lev_t, crowd_pts, gts = [], [], [], [], []
+    for i, x in enumerate(batched_inputs):
+        gt = ground_truth(x, padded, device, weak)
+        gts.append(gt)
+        lab, ltrb, _ = assignment.fcos(
+            points, level_of_point, gt.boxes, gt.classes, gt.masks, num_thing_classes
+        )
+        sem = x["sem_seg"].to(device).long()
+        sem_t[i, : sem.shape[0], : sem.shape[1]] = sem
+        crowd = x.get("crowd_mask")
+        crowd = (
+            _pad_to(crowd.to(device).bool(), padded)
+            if crowd is not None
+            else torch.zeros(padded, dtype=torch.bool, device=device)
+        )
+        ignore4 = (sem_t[i, yi4, xi4] == 255) | crowd[yi4, xi4]
+        lev_t.append(assignment.levelness(pts4, gt.boxes, gt.masks, ignore4))
+        crowd_pts.append(crowd[yi, xi] & (lab == num_thing_classes))
+        labels.append(lab)
+        ltrbs.append(ltrb)
+    return BatchTargets(
+        points=points,
+        labels=torch.stack(labels),
+        ltrb=torch.stack(ltrbs),
+        crowd=torch.stack(crowd_pts),
+        sem_seg=sem_t,
+        levelness=torch.stack(lev_t).view(n, *size4),
+        points4=pts4,
+        instances=gts,
+    )

@@ -7,7 +7,9 @@ detection can be accepted at a pixel (S_j >= sigma) only if it reaches sigma som
 window. :func:`sample_candidates` therefore keeps, per window, the K detections with the highest
 window maximum and evaluates only those at full resolution: (K, H, W) instead of (P, H, W). With
 K >= the number of detections reaching sigma in every window this is exactly the dense
-upsampling followed by thresholding; beyond that, the K strongest per window are kept.
+upsampling followed by thresholding. ``grow`` (the model's default) raises K to the largest such
+number in the image, so it is always exact; without it (and in traced exports) the K strongest
+per window are kept.
 
 Coordinates follow ``F.interpolate(mode="bilinear", align_corners=False)``: the stride-4 grid
 covers the padded input, the output covers the unpadded image, resized to the output size in
@@ -163,6 +165,7 @@ def window_candidates(
     k: int,
     sigma: float,
     rank_first: torch.Tensor,
+    grow: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The K detections per 2 x 2 window with the highest window maximum, resampled at each
     output pixel, for one band of b grid rows (the whole grid, or a band of it).
@@ -176,8 +179,10 @@ def window_candidates(
         sigma: acceptance threshold; a detection below it in the whole window is no candidate.
         rank_first: (P,) bool, detections that take the slots before the others (those the
             panoptic assembly uses).
+        grow: K becomes at least the most detections reaching sigma in one window of the band,
+            so that every such detection is a candidate (exact; not while tracing).
     Returns:
-        ids (k, b, w) long, j + 1 for detection j and 0 for an empty slot; values
+        ids (K, b, w) long, j + 1 for detection j and 0 for an empty slot; values
         (k, len(rows.lo), len(cols.lo)), each slot's S_j at each output pixel.
     """
     b, w = masks.shape[0] - 1, masks.shape[1]
@@ -189,7 +194,8 @@ def window_candidates(
     reaches = window_max >= sigma
     first = torch.cat([rank_first.new_zeros(k), rank_first])
     key = window_max + reaches * (2.0 + 2.0 * first)  # reaching and ranked first, then reaching
-    ids = key.topk(k, dim=2).indices  # (b, w, k), detections last: a contiguous top-k
+    slots = max(k, int(reaches.sum(dim=2).max())) if grow and reaches.numel() else k
+    ids = key.topk(slots, dim=2).indices  # (b, w, K), detections last: a contiguous top-k
     ids = torch.where(reaches.gather(2, ids), ids, torch.zeros_like(ids))  # 0: an empty plane
     # the window's four corners for each candidate, then columns and rows resampled
     c00, c01, c10, c11 = (
@@ -209,18 +215,19 @@ def sample_candidates(
     k: int,
     sigma: float,
     rank_first: torch.Tensor,
+    grow: bool = False,
 ) -> Candidates:
     """:func:`window_candidates` over the whole grid.
 
     Args:
         masks4: (P, h4, w4) soft masks S_j on the stride-4 grid.
         grid: the output pixels on that grid (:func:`output_grid`).
-        k, sigma, rank_first: as in :func:`window_candidates`.
+        k, sigma, rank_first, grow: as in :func:`window_candidates`.
     Returns:
         :class:`Candidates`.
     """
     cells = masks4.permute(1, 2, 0)  # (h4, w4, P)
     ids, values = window_candidates(
-        torch.cat([cells, cells[-1:]]), grid.y, grid.x, k, sigma, rank_first
+        torch.cat([cells, cells[-1:]]), grid.y, grid.x, k, sigma, rank_first, grow
     )
     return Candidates(ids, grid.y.lo, grid.x.lo, values)
