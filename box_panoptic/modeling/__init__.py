@@ -10,7 +10,7 @@ from .head import (  # noqa: F401
     BoxPanopticSemanticHead,
     LevelnessHead,
 )
-from .meta_arch import BoxPanoptic  # noqa: F401
 from .losses import BoxPanopticCriterion  # noqa: F401
+from .meta_arch import BoxPanoptic  # noqa: F401
 from .postprocess import BoxPanopticPostProcessor, DecodedImage, ImagePanoptic  # noqa: F401
 from .targets import LocationAssignment  # noqa: F401
