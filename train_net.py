@@ -7,6 +7,7 @@ python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_fin
 python train_net.py --config-file ... --resume
 python train_net.py --config-file ... --coco-panoptic my_train IMAGES PANOPTIC_PNGS PANOPTIC_JSON \\
     --coco-panoptic my_val ... DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)'
+python train_net.py --config-file configs/Synthetic/box_panoptic_R_18_synthetic.py  # LazyConfig
 """
 
 import box_panoptic  # noqa: F401  (first: compatibility shims + registration)
@@ -16,10 +17,13 @@ from detectron2.engine import default_argument_parser
 
 from box_panoptic.data.user_datasets import add_coco_panoptic_argument, register_from_args
 from box_panoptic.engine import SafeCheckpointer, Trainer, launch, setup
+from box_panoptic.engine.lazy import is_lazy_config, lazy_main
 
 
 def main(args):
     register_from_args(args)
+    if is_lazy_config(args.config_file):  # a LazyConfig (.py): key=value overrides
+        return lazy_main(args)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

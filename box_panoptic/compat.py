@@ -1,12 +1,14 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
-"""Runtime compatibility shims for detectron2 0.6 under current libraries.
+"""Runtime compatibility shims for detectron2 (0.6 and main) under current libraries.
 
-The only place where box_panoptic adapts its dependencies (INSTALL_NOTES.md). Every shim checks its
-own condition and does nothing when the real thing is present, so an official detectron2 build
-(with its compiled ``detectron2._C``) on a machine with current libraries is left untouched.
-Installed packages are never edited: the shims only add missing names at run time.
+The only place where box_panoptic adapts its dependencies (INSTALL_NOTES.md). Every shim probes
+the installed code for the feature it adapts (never a version number: detectron2 main also says
+"0.6") and does nothing when it is not needed, so an official detectron2 build (with its compiled
+``detectron2._C``) or detectron2 main is left untouched. Installed packages are never edited:
+the shims only add missing names at run time, and the last three only inside a ``with`` block.
 
-Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls first):
+Process-wide, applied by :func:`apply_all` (which ``import box_panoptic`` calls first), each only
+where its probe says the installed detectron2 needs it:
 
 * ``detectron2._C``: the pure-Python build from PyPI's ``pb1-detectron2`` sdist has no compiled
   extension, and a few detectron2 modules import it at top level (deformable conv, rotated boxes,
@@ -14,41 +16,58 @@ Shims (all applied by :func:`apply_all`, which ``import box_panoptic`` calls fir
   for any operator raises :class:`MissingCompiledOpError` (an AttributeError) naming it.
   box_panoptic uses none of them, and evaluates COCO AP with pycocotools where the stand-in is
   installed (:func:`has_compiled_ops`).
-* ``PIL.Image.LINEAR``: removed in Pillow 10, used as a default argument by
-  ``detectron2.data.transforms``. Aliased to ``Image.BILINEAR`` (the same filter).
-* ``numpy.int`` / ``numpy.float`` / ``numpy.bool``: removed in numpy 1.24, used by detectron2 0.6's
-  ``SemSegEvaluator`` and mask utilities. Aliased to the builtins, which is what they always were.
+* ``PIL.Image.LINEAR``: removed in Pillow 10, used as a default argument by detectron2 0.6's
+  ``detectron2.data.transforms`` (main uses BILINEAR). Aliased to ``Image.BILINEAR`` (the same
+  filter) only if Pillow lacks it and the installed transforms' source names it.
+* ``numpy.int`` / ``numpy.float``: removed in numpy 1.24, used by detectron2 0.6's
+  ``SemSegEvaluator``, mask utilities, visualizer and dataset histogram. Aliased to the builtins
+  (what they always were) only if numpy lacks them and the installed detectron2's source uses
+  them; never on detectron2 main, whose source does not.
+
+Scoped (a ``with`` block; nothing is left in the process):
 * ``numpy.in1d`` (removed in numpy 2.4), called by cityscapesscripts 2.3's evaluation scripts:
   :func:`numpy_in1d` provides it only for the duration of a ``with`` block (box_panoptic's
   Cityscapes evaluators run detectron2's inside one); it is never left in the process.
 * cityscapesscripts 2.3's instance evaluation writes ``matches.json`` into the current directory:
   :func:`cityscapes_matches_in` sends that file to a given folder for the duration of a ``with``
   block (box_panoptic's Cityscapes instance evaluator uses a temporary folder).
-* ``detectron2.engine.defaults.create_ddp_model``: always passes ``device_ids=[local_rank]``,
-  which DistributedDataParallel refuses for a CPU model. Wrapped so that a model whose parameters
-  live on the CPU gets ``device_ids=None``; GPU models are passed through unchanged.
+* ``detectron2.engine.defaults.create_ddp_model`` (0.6 and main) passes
+  ``device_ids=[local_rank]``, which DistributedDataParallel refuses for a CPU model:
+  :func:`cpu_ddp` makes it pass ``device_ids=None`` for a model on the CPU while box_panoptic's
+  trainers are constructed. GPU models are passed through unchanged.
 """
 
 import contextlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import types
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Sequence
 
 __all__ = [
     "MissingCompiledOpError",
     "apply_all",
     "cityscapes_matches_in",
+    "cpu_ddp",
+    "detectron2_source_uses",
     "has_compiled_ops",
     "numpy_in1d",
     "install_detectron2_C_stub",
     "install_numpy_aliases",
     "install_pillow_linear",
-    "install_cpu_ddp",
     "APPLIED",
 ]
+
+# The detectron2 files that use what newer libraries removed (detectron2 0.6; not main).
+NUMPY_ALIAS_USERS = (
+    "structures/masks.py",
+    "utils/visualizer.py",
+    "data/build.py",
+    "evaluation/sem_seg_evaluation.py",
+)
+PILLOW_LINEAR_USERS = ("data/transforms/transform.py",)
 
 # Which shims were actually installed in this process (name -> True), for diagnostics and tests.
 APPLIED: Dict[str, bool] = {}
@@ -128,27 +147,47 @@ def has_compiled_ops() -> bool:
     return not getattr(module, "BOX_PANOPTIC_STUB", False)
 
 
-def install_pillow_linear() -> bool:
-    """Alias ``PIL.Image.LINEAR`` to ``Image.BILINEAR`` where Pillow removed it (Pillow >= 10)."""
+def detectron2_source_uses(pattern: str, files: Sequence[str]) -> bool:
+    """Whether any of ``files`` (paths inside the installed detectron2 package) matches the
+    regular expression ``pattern``. Reads the files without importing them (they may fail to
+    import until a shim is applied); False without detectron2."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    root = list(spec.submodule_search_locations)[0]
+    regex = re.compile(pattern)
+    for rel in files:
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8") as f:
+                if regex.search(f.read()):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def install_pillow_linear(files: Sequence[str] = PILLOW_LINEAR_USERS) -> bool:
+    """Alias ``PIL.Image.LINEAR`` to ``Image.BILINEAR`` where Pillow removed it (Pillow >= 10)
+    and the installed detectron2 (``files``) uses it."""
     from PIL import Image
 
-    if hasattr(Image, "LINEAR"):
+    if hasattr(Image, "LINEAR") or not detectron2_source_uses(r"Image\.LINEAR\b", files):
         return False
     Image.LINEAR = Image.BILINEAR
     return True
 
 
-def install_numpy_aliases() -> bool:
-    """Restore ``np.int``, ``np.float`` and ``np.bool`` where numpy removed them (>= 1.24)."""
+def install_numpy_aliases(files: Sequence[str] = NUMPY_ALIAS_USERS) -> bool:
+    """Restore ``np.int`` and ``np.float`` where numpy removed them (>= 1.24) and the installed
+    detectron2 (``files``) uses them. (numpy 2 has ``np.bool`` again.)"""
     import numpy as np
 
     installed = False
     for name, builtin in (("int", int), ("float", float), ("bool", bool)):
-        try:
-            getattr(np, name)
-        except AttributeError:
-            setattr(np, name, builtin)
-            installed = True
+        if hasattr(np, name) or not detectron2_source_uses(rf"\bnp\.{name}\b(?!_|\d)", files):
+            continue
+        setattr(np, name, builtin)
+        installed = True
     return installed
 
 
@@ -197,15 +236,13 @@ def cityscapes_matches_in(folder: str) -> Iterator[None]:
         instance_eval.writeDict2JSON = original
 
 
-def install_cpu_ddp() -> bool:
-    """Make detectron2's ``create_ddp_model`` accept CPU models (multi-process gloo training)."""
-    if importlib.util.find_spec("detectron2") is None:
-        return False
+@contextlib.contextmanager
+def cpu_ddp() -> Iterator[None]:
+    """Within the block, detectron2's ``create_ddp_model`` gives a model whose parameters live
+    on the CPU ``device_ids=None`` (multi-process gloo training); other models pass unchanged."""
     from detectron2.engine import defaults
 
     original = defaults.create_ddp_model
-    if getattr(original, "_box_panoptic_cpu_ddp", False):
-        return False
 
     def create_ddp_model(model, **kwargs):
         params = list(model.parameters())
@@ -213,10 +250,11 @@ def install_cpu_ddp() -> bool:
             kwargs.setdefault("device_ids", None)
         return original(model, **kwargs)
 
-    create_ddp_model._box_panoptic_cpu_ddp = True
-    create_ddp_model.__doc__ = original.__doc__
     defaults.create_ddp_model = create_ddp_model
-    return True
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = original
 
 
 def apply_all() -> Dict[str, bool]:
@@ -225,7 +263,6 @@ def apply_all() -> Dict[str, bool]:
         ("detectron2._C", install_detectron2_C_stub),
         ("PIL.Image.LINEAR", install_pillow_linear),
         ("numpy aliases", install_numpy_aliases),
-        ("create_ddp_model on CPU", install_cpu_ddp),
     ):
         if shim():
             APPLIED[name] = True

@@ -1,7 +1,9 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """The compatibility shims act when their condition holds and do nothing otherwise."""
 
+import os
 import sys
+import tempfile
 import types
 import unittest
 from unittest import mock
@@ -37,33 +39,68 @@ class TestCompat(unittest.TestCase):
             self.assertFalse(compat.install_detectron2_C_stub())
             self.assertIs(sys.modules["detectron2._C"], real)
 
-    def test_pillow_linear_alias(self):
+    def test_pillow_linear_alias_only_where_detectron2_uses_it(self):
         self.assertEqual(Image.LINEAR, Image.BILINEAR)
         # present already -> the shim leaves it alone
         with mock.patch.object(Image, "LINEAR", 12345, create=True):
             self.assertFalse(compat.install_pillow_linear())
             self.assertEqual(Image.LINEAR, 12345)
-        # absent -> the shim adds it
         saved = Image.LINEAR
         del Image.LINEAR
         try:
-            self.assertTrue(compat.install_pillow_linear())
+            # absent, and detectron2's code does not use it (main) -> nothing added
+            self.assertFalse(compat.install_pillow_linear(files=("structures/boxes.py",)))
+            self.assertFalse(hasattr(Image, "LINEAR"))
+            # absent, and a file of the installed detectron2 uses it -> added
+            with tempfile.TemporaryDirectory() as d:
+                fake = self._fake_detectron2(d, {"t.py": "def f(interp=Image.LINEAR): ..."})
+                with mock.patch("importlib.util.find_spec", return_value=fake):
+                    self.assertTrue(compat.install_pillow_linear(files=("t.py",)))
             self.assertEqual(Image.LINEAR, Image.BILINEAR)
         finally:
             Image.LINEAR = saved
 
-    def test_numpy_aliases(self):
-        self.assertIs(np.int, int)
-        self.assertIs(np.float, float)
-        self.assertEqual(np.dtype(np.bool), np.dtype(bool))  # numpy 2 has np.bool again
-        self.assertFalse(compat.install_numpy_aliases())  # already present: nothing to do
-        saved = np.int
-        del np.int
-        try:
-            self.assertTrue(compat.install_numpy_aliases())
-            self.assertIs(np.int, int)
-        finally:
-            np.int = saved
+    @staticmethod
+    def _fake_detectron2(folder, files):
+        for name, text in files.items():
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+        return types.SimpleNamespace(submodule_search_locations=[folder])
+
+    def test_numpy_aliases_only_where_detectron2_uses_them(self):
+        self.assertFalse(compat.install_numpy_aliases())  # present, or not used: nothing to do
+        with tempfile.TemporaryDirectory() as d:
+            fake = self._fake_detectron2(
+                d, {"old.py": "x = np.zeros(3).astype(np.int)\n", "new.py": "y = np.int64(3)\n"}
+            )
+            had = hasattr(np, "int")
+            saved = getattr(np, "int", None)
+            if had:
+                del np.int
+            try:
+                with mock.patch("importlib.util.find_spec", return_value=fake):
+                    # np.int64 is not np.int: detectron2 main's kind of source adds nothing
+                    self.assertFalse(compat.install_numpy_aliases(files=("new.py",)))
+                    self.assertFalse(hasattr(np, "int"))
+                    self.assertTrue(compat.install_numpy_aliases(files=("old.py",)))
+                    self.assertIs(np.int, int)
+            finally:
+                if had:
+                    np.int = saved
+                elif hasattr(np, "int"):
+                    del np.int
+
+    def test_alias_decision_matches_the_installed_detectron2(self):
+        uses = compat.detectron2_source_uses(r"\bnp\.int\b", compat.NUMPY_ALIAS_USERS)
+        self.assertEqual(hasattr(np, "int"), uses)  # aliased exactly where needed
+
+    def test_cpu_ddp_is_scoped(self):
+        from detectron2.engine import defaults
+
+        original = defaults.create_ddp_model
+        with compat.cpu_ddp():
+            self.assertIsNot(defaults.create_ddp_model, original)
+        self.assertIs(defaults.create_ddp_model, original)
 
     def test_detectron2_transforms_default_filter(self):
         from detectron2.data import transforms as T

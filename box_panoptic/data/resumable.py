@@ -37,7 +37,13 @@ from detectron2.utils import comm
 
 from .worker_lifecycle import WorkerStopFlag
 
-__all__ = ["ResumableTrainStream", "ResumableTrainLoader", "sample_seed", "count_skipped"]
+__all__ = [
+    "ResumableTrainStream",
+    "ResumableTrainLoader",
+    "build_resumable_train_loader",
+    "sample_seed",
+    "count_skipped",
+]
 
 logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
 
@@ -215,3 +221,46 @@ class ResumableTrainLoader:
 
     def load_state_dict(self, state: Dict) -> None:
         self.seed = int(state["seed"])
+
+
+def build_resumable_train_loader(
+    *,
+    dataset: Sequence[Dict],
+    mapper: Callable[[Dict], Optional[Dict]],
+    total_batch_size: int,
+    seed: int = -1,
+    num_workers: int = 0,
+    aspect_ratio_grouping: bool = True,
+    skip_log: Optional[str] = None,
+) -> ResumableTrainLoader:
+    """The training loader that resumes exactly (the yacs Trainer's, and a LazyConfig's
+    ``dataloader.train``).
+
+    Args:
+        dataset: the records (:func:`~box_panoptic.data.loading.load_panoptic_dicts`).
+        mapper: record -> model input, or None for a sample skipped as bad.
+        total_batch_size: images per iteration over all processes.
+        seed: the stream's seed; negative: one drawn and shared by every process.
+        skip_log: the JSON-lines file that records skipped samples (None: nowhere).
+    """
+    world = comm.get_world_size()
+    if total_batch_size <= 0 or total_batch_size % world:
+        raise ValueError(
+            f"total batch size {total_batch_size} must be a positive multiple of the "
+            f"{world} processes"
+        )
+    records = list(dataset)
+
+    def make_stream(stream_seed: int, start_iter: int) -> ResumableTrainStream:
+        return ResumableTrainStream(
+            records,
+            mapper,
+            total_batch_size // world,
+            stream_seed,
+            start_iter,
+            aspect_ratio_grouping,
+            skip_log,
+        )
+
+    seed = seed if seed >= 0 else comm.shared_random_seed()
+    return ResumableTrainLoader(make_stream, seed, num_workers)

@@ -7,28 +7,22 @@ import logging
 import os
 
 from detectron2.config import get_cfg
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
-from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from ..checkpoint import SafeCheckpointer
+from ..compat import cpu_ddp
 from ..config import add_box_panoptic_config
 from ..data import BoxPanopticDatasetMapper
 from ..data.loading import load_panoptic_dicts
-from ..data.resumable import ResumableTrainLoader, ResumableTrainStream, count_skipped
-from ..evaluation import (
-    CityscapesInstanceEvaluation,
-    CityscapesSemSegEvaluation,
-    PanopticEvaluatorWithTables,
-    PanopticInstanceEvaluator,
-    PanopticSemSegEvaluator,
+from ..data.resumable import (
+    ResumableTrainLoader,
+    build_resumable_train_loader,
+    count_skipped,
 )
+from ..evaluation import build_panoptic_evaluator
 from .preemption import PreemptionCheckpoint
 
 __all__ = [
@@ -50,6 +44,10 @@ class Trainer(DefaultTrainer):
     checkpoints, a checkpoint on SIGTERM/SIGINT, loader workers that never outlive training and
     the panoptic, semantic and instance evaluators. Datasets are read through
     :func:`~box_panoptic.data.loading.load_panoptic_dicts` (errors name the dataset and file)."""
+
+    def __init__(self, cfg):
+        with cpu_ddp():  # several processes on CPUs: DDP without device_ids
+            super().__init__(cfg)
 
     def build_hooks(self):
         # atomic checkpoint files and a finiteness check on load (box_panoptic.checkpoint), in
@@ -98,22 +96,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        kind = MetadataCatalog.get(dataset_name).evaluator_type
-        if kind == "coco_panoptic_seg":
-            evaluators = [
-                PanopticEvaluatorWithTables(dataset_name, output_folder),
-                PanopticSemSegEvaluator(dataset_name, output_dir=output_folder),
-                PanopticInstanceEvaluator(dataset_name, output_folder),
-            ]
-        elif kind == "cityscapes_panoptic_seg":
-            evaluators = [
-                PanopticEvaluatorWithTables(dataset_name, output_folder),
-                CityscapesSemSegEvaluation(dataset_name),
-                CityscapesInstanceEvaluation(dataset_name),
-            ]
-        else:
-            raise NotImplementedError(f"no evaluator for dataset {dataset_name} of type {kind!r}")
-        return DatasetEvaluators(evaluators)
+        return build_panoptic_evaluator(dataset_name, output_folder)
 
     @classmethod
     def build_train_mapper(cls, cfg):
@@ -131,22 +114,15 @@ class Trainer(DefaultTrainer):
             return build_detection_train_loader(
                 cfg, dataset=load_panoptic_dicts(cfg.DATASETS.TRAIN), mapper=mapper
             )
-        records = load_panoptic_dicts(cfg.DATASETS.TRAIN)
-        skip_log = skip_log_path(cfg)
-
-        def make_stream(seed, start_iter):
-            return ResumableTrainStream(
-                records,
-                mapper,
-                cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
-                seed,
-                start_iter,
-                cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-                skip_log,
-            )
-
-        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        return ResumableTrainLoader(make_stream, seed, cfg.DATALOADER.NUM_WORKERS)
+        return build_resumable_train_loader(
+            dataset=load_panoptic_dicts(cfg.DATASETS.TRAIN),
+            mapper=mapper,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            seed=cfg.SEED,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            skip_log=skip_log_path(cfg),
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

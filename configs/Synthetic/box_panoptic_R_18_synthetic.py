@@ -1,0 +1,90 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""LazyConfig twin of box_panoptic_R_18_synthetic.yaml: the same model, data, schedule and seed,
+built from explicit modules with no yacs config anywhere.
+
+python train_net.py --config-file configs/Synthetic/box_panoptic_R_18_synthetic.py
+python train_net.py --config-file configs/Synthetic/box_panoptic_R_18_synthetic.py --resume
+python train_net.py --config-file ... train.max_iter=600 dataloader.train.total_batch_size=2
+"""
+
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.solver import WarmupParamScheduler, get_default_optimizer_params
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from box_panoptic.lazy_config import set_class_layout
+
+from ..common.data.panoptic import dataloader
+from ..common.models.box_panoptic import model
+
+TRAIN, TEST = "synthetic_panoptic_train", "synthetic_panoptic_val"
+OUTPUT = "output/synthetic_lazy"
+
+# ---- model: R-18 GN from scratch, FPN 64, the synthetic yaml's towers and training recipe
+model.backbone.bottom_up.stem.norm = "GN"
+model.backbone.bottom_up.stages.depth = 18
+model.backbone.bottom_up.stages.pop("stride_in_1x1")  # basic blocks have no 1x1
+model.backbone.bottom_up.stages.norm = "GN"
+model.backbone.bottom_up.freeze_at = 0
+model.backbone.out_channels = 64
+model.backbone.top_block.in_channels = 64
+model.backbone.top_block.out_channels = 64
+for shape in model.head.input_shape:
+    shape.channels = 64
+model.head.cls_channels = 64
+model.head.bbox_channels = 64
+model.head.cls_gn_groups = 8
+model.head.bbox_gn_groups = 8
+model.head.reg_stride_units = True
+model.sem_seg_head.in_channels = 64
+model.levelness_head.in_channels = 64
+model.criterion.assignment.sizes_of_interest = [16, 32, 64, 128]
+model.criterion.assignment.level_assignment = "instance"
+model.postprocessor.stuff_area_min = 64
+model.postprocessor.det_score_thresh = 0.1
+model.postprocessor.mask_thresh = 0.3
+model.pixel_mean = [127.5, 127.5, 127.5]
+model.pixel_std = [64.0, 64.0, 64.0]
+set_class_layout(model, TRAIN)
+
+# ---- data: native 128x192 images, horizontal flips
+dataloader.train.dataset.names = [TRAIN]
+dataloader.train.mapper.augmentations[0].short_edge_length = [128]
+dataloader.train.mapper.augmentations[0].max_size = 192
+dataloader.train.total_batch_size = 4
+dataloader.train.seed = 7
+dataloader.train.num_workers = 0
+dataloader.train.skip_log = f"{OUTPUT}/skipped_samples.jsonl"
+dataloader.test.dataset.names = [TEST]
+dataloader.test.mapper.augmentations[0].short_edge_length = 128
+dataloader.test.mapper.augmentations[0].max_size = 192
+dataloader.test.num_workers = 0
+dataloader.evaluator.output_dir = f"{OUTPUT}/inference"
+
+# ---- schedule: 2200 iterations, LR 0.02, x0.1 at 1800 and 2100, 50 warm-up iterations
+MAX_ITER = 2200
+optimizer = L(torch.optim.SGD)(
+    params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
+    lr=0.02,
+    momentum=0.9,
+    weight_decay=1e-4,
+)
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(
+        values=[1.0, 0.1, 0.01], milestones=[1800, 2100], num_updates=MAX_ITER
+    ),
+    warmup_length=50 / MAX_ITER,
+    warmup_factor=0.001,
+)
+train = dict(
+    output_dir=OUTPUT,
+    init_checkpoint="",
+    max_iter=MAX_ITER,
+    amp=dict(enabled=False),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=250, max_to_keep=100),
+    eval_period=0,  # evaluated once, after training
+    log_period=20,
+    device="cpu",
+    seed=7,
+)

@@ -1,0 +1,85 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""LazyConfig: the python configs build the yacs configs' models, and train and resume exactly
+with no yacs config anywhere."""
+
+import os
+from unittest import mock
+
+import pytest
+import torch
+
+from detectron2.config import LazyConfig, instantiate
+
+from box_panoptic.engine.lazy import lazy_train
+
+from .helpers import CONFIGS, get_model
+
+LAZY_SYNTHETIC = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthetic.py")
+
+
+def _no_yacs():
+    """Building a yacs config during the block fails the test."""
+
+    def refuse(*a, **k):
+        raise AssertionError("a yacs config was built")
+
+    return mock.patch.multiple(
+        "detectron2.config", get_cfg=mock.DEFAULT, CfgNode=mock.DEFAULT, new_callable=lambda: refuse
+    )
+
+
+def test_lazy_synthetic_model_equals_the_yacs_one(synthetic_root):
+    cfg = LazyConfig.load(LAZY_SYNTHETIC)
+    torch.manual_seed(0)
+    with _no_yacs():
+        lazy = instantiate(cfg.model).eval()
+    ref = get_model().eval()
+    shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in lazy.state_dict().items()} == shapes
+    ref.load_state_dict(lazy.state_dict())
+    x = [{"image": torch.randint(0, 255, (3, 128, 192), dtype=torch.uint8)}]
+    with torch.no_grad():
+        a, b = lazy(x)[0], ref(x)[0]
+    assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
+    assert a["panoptic_seg"][1] == b["panoptic_seg"][1]
+    assert lazy.criterion.assignment == ref.criterion.assignment
+    for key in ("mask_thresh", "det_score_thresh", "stuff_area_min", "output_category_ids"):
+        assert getattr(lazy.postprocessor, key) == getattr(ref.postprocessor, key), key
+
+
+def _tiny(out_dir, max_iter):
+    cfg = LazyConfig.load(LAZY_SYNTHETIC)
+    return LazyConfig.apply_overrides(
+        cfg,
+        [
+            f"train.output_dir={out_dir}",
+            f"train.max_iter={max_iter}",
+            "train.checkpointer.period=3",
+            "dataloader.train.total_batch_size=2",
+            "dataloader.train.num_workers=2",
+            f"dataloader.train.skip_log={out_dir}/skipped.jsonl",
+            "dataloader.evaluator=null",
+        ],
+    )
+
+
+@pytest.mark.parametrize("resume_at", [3])
+def test_lazy_training_resumes_exactly_without_yacs(synthetic_root, tmp_path, resume_at):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    with _no_yacs():
+        torch.manual_seed(1)
+        lazy_train(_tiny(straight, 6))
+        torch.manual_seed(1)  # the same init as the straight run
+        lazy_train(_tiny(resumed, resume_at))
+        assert (resumed / "last_checkpoint").read_text() == "model_final.pth"
+        torch.manual_seed(3)  # another init: the checkpoint must restore everything
+        lazy_train(_tiny(resumed, 6), resume=True)
+    a = torch.load(straight / "model_final.pth", map_location="cpu", weights_only=False)
+    b = torch.load(resumed / "model_final.pth", map_location="cpu", weights_only=False)
+    assert a["iteration"] == b["iteration"] == 5
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    # one copy of the optimizer (inside the trainer's state), the stream seed beside it
+    assert "optimizer" not in b and "momentum_buffer" in str(b["trainer"]["optimizer"])
+    assert b["data_stream"] == {"seed": 7}
+    assert b["trainer"]["hooks"]["LRScheduler"]  # the LR schedule resumed, not restarted
