@@ -12,12 +12,12 @@ synthetic: install
 	$(PY) tools/run_synthetic.py
 
 lint: install
-	$(PY) -m ruff check box_panoptic tests tools train_net.py demo
-	$(PY) -m black --check -q box_panoptic tests tools train_net.py demo
+	$(PY) -m ruff check box_panoptic tests tools train_net.py demo configs
+	$(PY) -m black --check -q box_panoptic tests tools train_net.py demo configs
 
 test: lint
 	bash tools/run_tests.sh
 
 format: install
-	$(PY) -m ruff check --fix box_panoptic tests tools train_net.py demo
-	$(PY) -m black -q box_panoptic tests tools train_net.py demo
+	$(PY) -m ruff check --fix box_panoptic tests tools train_net.py demo configs
+	$(PY) -m black -q box_panoptic tests tools train_net.py demo configs

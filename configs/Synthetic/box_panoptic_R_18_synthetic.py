@@ -8,9 +8,10 @@ python train_net.py --config-file ... train.max_iter=600 dataloader.train.total_
 """
 
 import torch
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler, get_default_optimizer_params
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from box_panoptic.lazy_config import set_class_layout
 

@@ -3,10 +3,11 @@
 exactly, the test loader and the panoptic / semantic / instance evaluators. A dataset config
 sets the dataset names, sizes and output folder."""
 
+from omegaconf import OmegaConf
+
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader
-from omegaconf import OmegaConf
 
 from box_panoptic.data import BoxPanopticDatasetMapper
 from box_panoptic.data.loading import load_panoptic_dicts
