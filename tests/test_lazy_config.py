@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import build_model
 
 from box_panoptic.engine.lazy import lazy_train
 
-from .helpers import CONFIGS, get_model
+from .helpers import CONFIGS, get_cfg_from, get_model
 
 LAZY_SYNTHETIC = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthetic.py")
 
@@ -83,3 +84,36 @@ def test_lazy_training_resumes_exactly_without_yacs(synthetic_root, tmp_path, re
     assert "optimizer" not in b and "momentum_buffer" in str(b["trainer"]["optimizer"])
     assert b["data_stream"] == {"seed": 7}
     assert b["trainer"]["hooks"]["LRScheduler"]  # the LR schedule resumed, not restarted
+
+
+@pytest.mark.parametrize(
+    "lazy, yacs",
+    [
+        (
+            "Cityscapes-PanopticSegmentation/box_panoptic_R_50_FPN.py",
+            "Cityscapes-PanopticSegmentation/box_panoptic_R_50_FPN.yaml",
+        ),
+        (
+            "COCO-PanopticSegmentation/box_panoptic_R_50_FPN_1x.py",
+            "COCO-PanopticSegmentation/box_panoptic_R_50_FPN_1x.yaml",
+        ),
+    ],
+)
+def test_lazy_released_configs_build_the_yaml_models(lazy, yacs):
+    """Same parameters (the released checkpoint's layout), settings and schedule."""
+    cfg = LazyConfig.load(os.path.join(CONFIGS, lazy))
+    model = instantiate(cfg.model)
+    ycfg = get_cfg_from(os.path.join(CONFIGS, yacs))
+    ref = build_model(ycfg)
+    shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    for key, value in vars(ref.postprocessor).items():
+        if not key.startswith("_"):
+            assert getattr(model.postprocessor, key) == value, key
+    assert model.criterion.assignment == ref.criterion.assignment
+    assert [m.__class__ for m in model.modules()] == [m.__class__ for m in ref.modules()]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == [n for n, p in ref.named_parameters() if not p.requires_grad]
+    assert cfg.train.max_iter == ycfg.SOLVER.MAX_ITER
+    assert list(cfg.lr_multiplier.scheduler.milestones) == list(ycfg.SOLVER.STEPS)
+    assert cfg.optimizer.lr == ycfg.SOLVER.BASE_LR
