@@ -118,7 +118,7 @@ def diagnose_detector(
         result = model.inference(out, [x], images)[0]["instances"]
         area = masks.flatten(1).sum(1).float()
         iou = pairwise_iou(inst.gt_boxes, result.pred_boxes) if len(result) else None
-        gt_sem = model.thing_semantic_ids[classes]
+        gt_sem = model.postprocessor.thing_semantic_ids[classes]
         gt_out = gt_sem if out_ids is None else gt_sem.new_tensor(out_ids)[gt_sem]
         matched = torch.zeros(len(result), dtype=torch.bool)
         for g in range(len(boxes)):

@@ -3,7 +3,7 @@
 
 import torch
 
-from .helpers import SYNTHETIC_CONFIG, get_model, load_tool
+from .helpers import CITYSCAPES_CONFIG, SYNTHETIC_CONFIG, get_model, load_tool
 
 
 def test_post_stages_cover_every_stage_once_and_fit_in_the_inference():
@@ -27,3 +27,12 @@ def test_post_stages_cover_every_stage_once_and_fit_in_the_inference():
     assert all(e.count == 1 for e in named)
     whole = sum(e.cpu_time_total for e in named)
     assert 0 < whole <= events["whole"].cpu_time_total
+
+
+def test_worst_case_weights_make_one_thing_class_everywhere():
+    tool = load_tool("benchmark")
+    model = get_model(CITYSCAPES_CONFIG)
+    tool._worst_case(model)
+    car = model.postprocessor.thing_semantic_ids[2]
+    assert int(model.sem_seg_head.cls_logits.bias.argmax()) == int(car)
+    assert int(model.head.box_cls_logits.bias.argmax()) == 2

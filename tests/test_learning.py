@@ -215,3 +215,26 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
         SafeCheckpointer(pixels).load(path)
     torch.save({"model": strided.state_dict()}, tmp_path / "old.pth")
     SafeCheckpointer(pixels).load(str(tmp_path / "old.pth"))  # no record: loads
+
+
+def test_detector_diagnosis_counts_the_objects_and_their_positives(synthetic_root):
+    from detectron2.data import DatasetCatalog
+
+    from box_panoptic.data import BoxPanopticDatasetMapper
+    from box_panoptic.diagnostics import diagnose_detector
+    from box_panoptic.modeling.losses import assignment_from_config
+
+    from .helpers import IDENTITY_TRAIN_TRANSFORM, get_cfg_from
+
+    cfg = get_cfg_from(SYNTHETIC_CONFIG, *IDENTITY_TRAIN_TRANSFORM)
+    mapper = BoxPanopticDatasetMapper(cfg, True)
+    mapped = [mapper(r) for r in DatasetCatalog.get("synthetic_panoptic_val")[:3]]
+    model = get_model(SYNTHETIC_CONFIG).eval()
+    with torch.no_grad():
+        model.head.box_cls_logits.bias.fill_(2.0)  # detections everywhere
+    d = diagnose_detector(model, mapped, 0.1, assignment_from_config(cfg))
+    assert d.images == 3
+    assert d.objects == sum(len(x["instances"]) for x in mapped) > 0
+    assert sum(d.positives_per_level) > d.objects - d.objects_without_positive >= 0
+    assert sum(v[2] for v in d.found.values()) == d.objects  # every object in one size bucket
+    assert "objects without any positive location" in d.report()

@@ -91,7 +91,7 @@ def _worst_case(model) -> None:
         model.head.box_cls_logits.bias.fill_(-10.0)
         model.head.box_cls_logits.bias[car] = 2.0
         model.sem_seg_head.cls_logits.bias.fill_(-5.0)
-        model.sem_seg_head.cls_logits.bias[model.thing_semantic_ids[car]] = 5.0
+        model.sem_seg_head.cls_logits.bias[model.postprocessor.thing_semantic_ids[car]] = 5.0
         model.head.bbox_pred.weight.mul_(0.01)
         model.head.bbox_pred.bias.fill_(math.log(128.0))
 

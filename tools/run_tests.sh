@@ -4,7 +4,9 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-.venv/bin/python -m pytest -q --timeout=900 tests "$@"
+VENV="${VENV:-.venv}"  # .venv-d2main: the suite under detectron2 main
+"$VENV/bin/python" -c "import detectron2, box_panoptic.compat as c; print('run_tests: detectron2 at', detectron2.__file__, '| compiled _C:', c.has_compiled_ops())"
+"$VENV/bin/python" -m pytest -q --timeout=900 tests "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then
   echo "run_tests: pytest collected no tests" >&2
