@@ -40,13 +40,16 @@ class TestCompat(unittest.TestCase):
             self.assertIs(sys.modules["detectron2._C"], real)
 
     def test_pillow_linear_alias_only_where_detectron2_uses_it(self):
-        self.assertEqual(Image.LINEAR, Image.BILINEAR)
+        # aliased exactly where the installed detectron2 uses it (0.6, not main)
+        uses = compat.detectron2_source_uses(r"Image\.LINEAR\b", compat.PILLOW_LINEAR_USERS)
+        self.assertEqual(getattr(Image, "LINEAR", None) == Image.BILINEAR, uses)
         # present already -> the shim leaves it alone
         with mock.patch.object(Image, "LINEAR", 12345, create=True):
             self.assertFalse(compat.install_pillow_linear())
             self.assertEqual(Image.LINEAR, 12345)
-        saved = Image.LINEAR
-        del Image.LINEAR
+        saved = getattr(Image, "LINEAR", None)
+        if saved is not None:
+            del Image.LINEAR
         try:
             # absent, and detectron2's code does not use it (main) -> nothing added
             self.assertFalse(compat.install_pillow_linear(files=("structures/boxes.py",)))
@@ -58,7 +61,10 @@ class TestCompat(unittest.TestCase):
                     self.assertTrue(compat.install_pillow_linear(files=("t.py",)))
             self.assertEqual(Image.LINEAR, Image.BILINEAR)
         finally:
-            Image.LINEAR = saved
+            if saved is None:
+                del Image.LINEAR
+            else:
+                Image.LINEAR = saved
 
     @staticmethod
     def _fake_detectron2(folder, files):
