@@ -31,6 +31,10 @@ Scoped (a ``with`` block; nothing is left in the process):
 * cityscapesscripts 2.3's instance evaluation writes ``matches.json`` into the current directory:
   :func:`cityscapes_matches_in` sends that file to a given folder for the duration of a ``with``
   block (box_panoptic's Cityscapes instance evaluator uses a temporary folder).
+* detectron2 main's Cityscapes evaluators import cityscapesscripts under a path that exists
+  only inside Facebook (``deeplearning.projects.cityscapesApi.cityscapesscripts``):
+  :func:`cityscapes_scripts_alias` maps that path to the installed ``cityscapesscripts`` while
+  box_panoptic's Cityscapes evaluators run, where the installed detectron2's source uses it.
 * ``detectron2.engine.defaults.create_ddp_model`` (0.6 and main) passes
   ``device_ids=[local_rank]``, which DistributedDataParallel refuses for a CPU model:
   :func:`cpu_ddp` makes it pass ``device_ids=None`` for a model on the CPU while box_panoptic's
@@ -50,6 +54,7 @@ __all__ = [
     "MissingCompiledOpError",
     "apply_all",
     "cityscapes_matches_in",
+    "cityscapes_scripts_alias",
     "cpu_ddp",
     "detectron2_source_uses",
     "has_compiled_ops",
@@ -234,6 +239,46 @@ def cityscapes_matches_in(folder: str) -> Iterator[None]:
         yield
     finally:
         instance_eval.writeDict2JSON = original
+
+
+INTERNAL_CITYSCAPES = "deeplearning.projects.cityscapesApi.cityscapesscripts"
+CITYSCAPES_USERS = ("evaluation/cityscapes_evaluation.py",)
+
+
+@contextlib.contextmanager
+def cityscapes_scripts_alias(files: Sequence[str] = CITYSCAPES_USERS) -> Iterator[bool]:
+    """Within the block, ``deeplearning.projects.cityscapesApi.cityscapesscripts[.…]`` is the
+    installed ``cityscapesscripts`` where the installed detectron2 (``files``) imports it under
+    that name and nothing provides it; yields whether the alias was added."""
+    if not detectron2_source_uses(re.escape(INTERNAL_CITYSCAPES), files) or _module_importable(
+        INTERNAL_CITYSCAPES
+    ):
+        yield False
+        return
+    import cityscapesscripts
+    import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling  # noqa: F401
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling  # noqa: F401
+    import cityscapesscripts.helpers.labels  # noqa: F401
+
+    added = {}
+    parts = INTERNAL_CITYSCAPES.split(".")
+    for i in range(1, len(parts)):  # the packages above it: empty stand-ins
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = []
+            added[name] = module
+    for name, module in list(sys.modules.items()):
+        if name == "cityscapesscripts" or name.startswith("cityscapesscripts."):
+            alias = INTERNAL_CITYSCAPES + name[len("cityscapesscripts") :]
+            if alias not in sys.modules:
+                added[alias] = module
+    sys.modules.update(added)
+    try:
+        yield True
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
 
 
 @contextlib.contextmanager

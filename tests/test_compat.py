@@ -115,3 +115,23 @@ class TestCompat(unittest.TestCase):
         self.assertEqual(extent.interp, Image.BILINEAR)
         out = extent.apply_image(np.full((4, 4, 3), 7, np.uint8))
         self.assertTrue((out == 7).all())
+
+    def test_cityscapes_scripts_alias_is_scoped_and_probed(self):
+        import cityscapesscripts.helpers.labels as labels
+
+        name = compat.INTERNAL_CITYSCAPES + ".helpers.labels"
+        with tempfile.TemporaryDirectory() as d:
+            fake = self._fake_detectron2(d, {"e.py": f"from {name} import trainId2label\n"})
+            with mock.patch("importlib.util.find_spec", return_value=fake):
+                with compat.cityscapes_scripts_alias(files=("e.py",)) as added:
+                    self.assertTrue(added)
+                    module = __import__(name, fromlist=["trainId2label"])
+                    self.assertIs(module, labels)
+            self.assertNotIn(name, sys.modules)  # nothing left in the process
+            self.assertNotIn("deeplearning", sys.modules)
+            # detectron2 code that does not use the internal name: no alias
+            fake = self._fake_detectron2(d, {"f.py": "import cityscapesscripts\n"})
+            with mock.patch("importlib.util.find_spec", return_value=fake):
+                with compat.cityscapes_scripts_alias(files=("f.py",)) as added:
+                    self.assertFalse(added)
+                    self.assertNotIn("deeplearning", sys.modules)
