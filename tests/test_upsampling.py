@@ -84,6 +84,66 @@ def test_candidates_equal_dense_reference_when_k_covers_every_window(fn, seed):
     assert torch.equal(instance_masks(fast, sigma, p), dense >= sigma)
 
 
+def _pile(p, h, w, seed):
+    """(P, h, w) soft masks of P overlapping detections: one wide blob each, centres within a
+    few cells of the grid's middle, so that all P reach sigma in the central windows."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    cy = h / 2 + (torch.rand(p, 1, 1, generator=g) - 0.5) * 4
+    cx = w / 2 + (torch.rand(p, 1, 1, generator=g) - 0.5) * 4
+    r = 3.0 + torch.rand(p, 1, 1, generator=g) * 3
+    peak = 0.6 + 0.4 * torch.rand(p, 1, 1, generator=g)
+    return peak * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * r**2))
+
+
+@pytest.mark.parametrize("fn", [assemble_argmax, assemble_paste])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("banded", [False, True])
+def test_exact_candidates_equal_the_dense_reference_on_a_crowded_pile(fn, seed, banded):
+    """8 overlapping detections reaching sigma in the same windows, K = 4: exact mode lists the
+    rest at the crowded pixels and equals the full-resolution reference; the fixed K does not."""
+    p, h4, w4, sigma, k = 8, 24, 28, 0.35, 4
+    masks4 = _pile(p, h4, w4, seed)
+    padded, image = (96, 112), (93, 109)
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 3, (p,), generator=g)
+    scores = torch.rand(p, generator=g)
+    active = torch.ones(p, dtype=torch.bool)
+    sem = torch.randn(5, *image, generator=g)
+    grid = output_grid((h4, w4), padded, image, image)
+    dense = _reference_masks(masks4, padded, image)
+    assert int((dense >= sigma).sum(0).max()) == p  # every detection reaches sigma somewhere
+    if banded:  # the model's path: soft masks from boxes, band by band (here: P_loc = masks4)
+        cand = _banded_candidates(masks4, grid, k, sigma, active, exact=True)
+    else:
+        cand = sample_candidates(masks4, grid, k, sigma, active, exact=True)
+    fixed = sample_candidates(masks4, grid, k, sigma, active)
+    assert cand.has_extra and not fixed.has_extra
+    ref = fn(
+        dense_candidates(dense), classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW
+    )
+    got = fn(cand, classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW)
+    for key in ref._fields:
+        assert torch.equal(getattr(got, key), getattr(ref, key)), key
+    assert torch.equal(instance_masks(cand, sigma, p), dense >= sigma)
+    # the fixed K truncates the low-ranked detections' masks
+    assert not torch.equal(instance_masks(fixed, sigma, p), dense >= sigma)
+
+
+def _banded_candidates(masks4, grid, k, sigma, active, exact):
+    """soft_mask_candidates in 4-row bands, with soft masks equal to ``masks4``: P_loc = the
+    mask (each query box's own dense boxes give IoU 1 ... replaced by a semantic term)."""
+    p, h, w = masks4.shape
+    # one class per detection, the semantic probability of class j = masks4[j], P_loc = 1:
+    # query boxes equal to every cell's dense box (IoU location term 1 everywhere)
+    box = torch.tensor([0.0, 0.0, 8.0, 8.0])
+    dense = box.view(4, 1, 1).expand(4, h, w).contiguous()
+    query = box.expand(p, 4).contiguous()
+    return soft_mask_candidates(
+        query, torch.arange(p), dense, masks4, grid, k, sigma, active, "iou", 4, exact
+    )
+
+
 def test_fewer_candidates_are_exact_while_few_detections_reach_sigma():
     # three blobs far apart, each window reached by at most one: K = 1 is already exact
     h4, w4, sigma = 12, 12, 0.5
@@ -149,7 +209,7 @@ def test_model_outputs_equal_the_dense_reference_and_channels_last_changes_littl
         sem_seg, sem_prob4, _ = post.construct(d)
         masks4 = post.soft_masks(d, sem_prob4)
         p = len(d.scores)
-        post.candidates, post.exact = 1, True  # grown to every detection reaching sigma: exact
+        post.candidates, post.exact = 1, True  # K = 1 plus the crowded pixels' overflow: exact
         fast_result = post.panoptic(d, sigma, tau)
         cand, fast = fast_result.candidates, fast_result.segments
         dense = _reference_masks(masks4, d.padded_size, d.image_size)
@@ -158,7 +218,7 @@ def test_model_outputs_equal_the_dense_reference_and_channels_last_changes_littl
         plain = model.network(images)
     reach = (dense >= sigma).sum(dim=0)
     assert p == 12 and (reach > 0).float().mean() > 0.05 and (reach > 1).any()
-    assert cand.values.shape[0] > 1  # the crowded windows grew K
+    assert cand.values.shape[0] == 1 and cand.has_extra  # crowded windows listed the rest
     assert fast.isthing.sum() >= 2
     for key in ref._fields:
         assert torch.equal(getattr(fast, key), getattr(ref, key)), key

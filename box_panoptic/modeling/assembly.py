@@ -18,7 +18,7 @@ Both read the soft masks as per-pixel candidates (:class:`~.upsampling.Candidate
 strongest detections of each pixel's window, or every detection (``dense_candidates``).
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -53,11 +53,23 @@ class PanopticSegments(NamedTuple):
 
 def _assign(priority: torch.Tensor, accepted: torch.Tensor, candidates: Candidates):
     """(K, H, W) priority and accepted -> (H, W) detection id (0 none, j + 1): the accepted
-    candidate of highest priority (the first on ties)."""
+    candidate of highest priority (the first on ties); and that priority (-1 where none)."""
     # max(dim).indices: the first maximum, like argmax, at a third of argmax's CPU time
     best, slot = torch.where(accepted, priority, -1.0).max(dim=0)
     ids = candidates.window_ids[slot, candidates.rows[:, None], candidates.cols[None, :]]
-    return ids.masked_fill_(best < 0, 0)
+    return ids.masked_fill_(best < 0, 0), best
+
+
+def _assign_extra(ids, best, priority_x, accepted_x, candidates: Candidates) -> torch.Tensor:
+    """``ids`` (H, W) with the crowded pixels' further candidates taken into account: one wins
+    where its priority beats the first K's best (ties stay with the first K)."""
+    best_x, slot = torch.where(accepted_x, priority_x, -1.0).max(dim=0)  # (Q,)
+    id_x = candidates.extra_ids.gather(0, slot[None])[0]
+    flat_ids, flat_best = ids.view(-1), best.view(-1)
+    pixels = candidates.extra_pixels
+    wins = best_x > flat_best[pixels]
+    flat_ids[pixels] = torch.where(wins, id_x, flat_ids[pixels])
+    return ids
 
 
 def _padded(flags: torch.Tensor) -> torch.Tensor:
@@ -87,6 +99,7 @@ def assemble_panoptic(
     overlap_thresh: float,
     instance_area_min: int,
     stuff_area_min: int,
+    priority_extra: Optional[torch.Tensor] = None,
 ) -> PanopticSegments:
     """Combine detections, their soft masks and the semantic prediction into a panoptic map.
 
@@ -94,7 +107,8 @@ def assemble_panoptic(
         candidates: per output pixel, K candidate detections and their soft masks S_j
             (:func:`~box_panoptic.modeling.upsampling.sample_candidates`, or all P detections
             with :func:`~box_panoptic.modeling.upsampling.dense_candidates`).
-        priority: (K, H, W) per-pixel priority of each candidate (S_j or its score).
+        priority: (K, H, W) per-pixel priority of each candidate (S_j or its score);
+            priority_extra: (E, Q) that of the further candidates (``candidates.extra_*``).
         det_classes: (P,) semantic class index of each detection. det_scores: (P,).
         det_active: (P,) bool, the detections that may form segments (score >= tau).
         sem_seg: (C, H, W) semantic logits or probabilities, or (H, W) long their argmax.
@@ -106,11 +120,21 @@ def assemble_panoptic(
     slots = torch.cat([det_scores.new_zeros(1), det_scores])  # 1 + P counting slots: 0 = none
     accepted = candidates.values >= mask_thresh
     accepted_area = candidates.accepted_area(accepted, slots)
+    extra = candidates.has_extra
+    if extra:  # the crowded windows' further candidates (exact mode)
+        accepted_x = candidates.extra_values >= mask_thresh
+        more = torch.zeros_like(slots, dtype=torch.long)
+        ids_x = candidates.extra_ids[accepted_x]
+        accepted_area = accepted_area + more.scatter_add_(0, ids_x, torch.ones_like(ids_x))[1:]
     allowed = det_active & (accepted_area > 0)
 
     def winners(allowed: torch.Tensor) -> torch.Tensor:
         usable = accepted & candidates.per_pixel(_padded(allowed)[candidates.window_ids])
-        return _assign(priority, usable, candidates)
+        ids, best = _assign(priority, usable, candidates)
+        if extra:
+            usable_x = accepted_x & _padded(allowed)[candidates.extra_ids]
+            ids = _assign_extra(ids, best, priority_extra, usable_x, candidates)
+        return ids
 
     inst = winners(allowed)
     visible = _counts(inst, slots)[1:]
@@ -151,7 +175,9 @@ def assemble_panoptic(
 @PANOPTIC_ASSEMBLY_REGISTRY.register()
 def assemble_argmax(candidates: Candidates, *args, **kwargs) -> PanopticSegments:
     """Each pixel to the detection with the highest accepted S_j."""
-    return assemble_panoptic(candidates, candidates.values, *args, **kwargs)
+    return assemble_panoptic(
+        candidates, candidates.values, *args, priority_extra=candidates.extra_values, **kwargs
+    )
 
 
 @PANOPTIC_ASSEMBLY_REGISTRY.register()
@@ -159,5 +185,9 @@ def assemble_paste(
     candidates: Candidates, det_classes, det_scores, *args, **kwargs
 ) -> PanopticSegments:
     """Each pixel to the highest-scoring detection that accepts it."""
-    priority = candidates.per_pixel(_padded(det_scores)[candidates.window_ids])
-    return assemble_panoptic(candidates, priority, det_classes, det_scores, *args, **kwargs)
+    scores = _padded(det_scores)
+    priority = candidates.per_pixel(scores[candidates.window_ids])
+    extra = scores[candidates.extra_ids] if candidates.has_extra else None
+    return assemble_panoptic(
+        candidates, priority, det_classes, det_scores, *args, priority_extra=extra, **kwargs
+    )

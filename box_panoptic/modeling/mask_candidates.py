@@ -16,7 +16,14 @@ of bands would follow the image size).
 import torch
 
 from .mask_construction import location_term
-from .upsampling import Candidates, OutputGrid, Taps, select_last, window_candidates
+from .upsampling import (
+    Candidates,
+    OutputGrid,
+    Taps,
+    join_overflows,
+    select_last,
+    window_candidates,
+)
 
 __all__ = ["soft_mask_candidates"]
 
@@ -86,7 +93,7 @@ def soft_mask_candidates(
     rank_first: torch.Tensor,
     mode: str = "giou_plus1",
     band_rows: int = 16,
-    grow: bool = False,
+    exact: bool = False,
 ) -> Candidates:
     """Per output pixel, the K candidate detections and their soft masks (steps 5-6).
 
@@ -95,8 +102,7 @@ def soft_mask_candidates(
         dense: (4, h, w) dense box map, or (L, 4, h, w) every level's boxes.
         sem_prob: (C, h, w) semantic probabilities (in [0, 1]) on the same grid.
         grid: the output pixels on that grid (:func:`~.upsampling.output_grid`).
-        k, sigma, rank_first, grow: as in :func:`~.upsampling.window_candidates`; with
-            ``grow`` the image's K is the largest any band needed (empty slots elsewhere).
+        k, sigma, rank_first, exact: as in :func:`~.upsampling.window_candidates`.
         mode: the location term (:func:`~.mask_construction.location_term`).
         band_rows: grid rows per band (on CPU; other devices take the whole grid at once).
     Returns:
@@ -111,12 +117,14 @@ def soft_mask_candidates(
     # loop's many small kernels would cost more than the memory traffic they save)
     if torch.jit.is_tracing() or h <= band_rows or sem.device.type != "cpu":
         masks = _band_soft_masks(query, sem_class, boxes, sem, mode)  # one band: the grid
-        ids, values = window_candidates(
-            torch.cat([masks, masks[-1:]]), grid.y, grid.x, k, sigma, rank_first, grow
+        ids, values, overflow = window_candidates(
+            torch.cat([masks, masks[-1:]]), grid.y, grid.x, k, sigma, rank_first, exact
         )
-        return Candidates(ids, grid.y.lo, grid.x.lo, values)
+        extra = join_overflows([(0, overflow)] if overflow else [], len(grid.x.lo), values)
+        return Candidates(ids, grid.y.lo, grid.x.lo, values, *extra)
     ids = torch.empty((k, h, w), dtype=torch.long, device=sem.device)
     values = sem.new_empty((k, len(grid.y.lo), len(grid.x.lo)))
+    overflows = []  # (first output row, Overflow) of the crowded bands
     starts = list(range(0, h, band_rows))
     bounds = torch.tensor(starts + [h], device=sem.device)
     out_rows = torch.searchsorted(grid.y.lo, bounds).tolist()  # output rows of each band
@@ -128,17 +136,13 @@ def soft_mask_candidates(
         masks = _band_soft_masks(query[near], sem_class[near], cells, sem[r0:below], mode)
         if below == r1:  # the bottom edge: the last row repeated
             masks = torch.cat([masks, masks[-1:]])
-        band_ids, band_values = window_candidates(
-            masks, _band_rows(grid.y, i0, i1, r0), grid.x, k, sigma, rank_first[near], grow
+        band_ids, band_values, overflow = window_candidates(
+            masks, _band_rows(grid.y, i0, i1, r0), grid.x, k, sigma, rank_first[near], exact
         )
-        kb = band_ids.shape[0]
-        if kb > ids.shape[0]:  # a crowded band: more slots everywhere, empty where unused
-            more = kb - ids.shape[0]
-            ids = torch.cat([ids, ids.new_zeros((more, h, w))])
-            values = torch.cat([values, values.new_full((more,) + values.shape[1:], -1.0)])
-        ids[:kb, r0:r1] = torch.cat([near.new_zeros(1), near + 1])[band_ids]  # band -> image ids
-        values[:kb, i0:i1] = band_values
-        if kb < ids.shape[0]:
-            ids[kb:, r0:r1] = 0
-            values[kb:, i0:i1] = -1.0
-    return Candidates(ids, grid.y.lo, grid.x.lo, values)
+        ids[:, r0:r1] = torch.cat([near.new_zeros(1), near + 1])[band_ids]  # band -> image ids
+        values[:, i0:i1] = band_values
+        if overflow is not None:
+            to_image = torch.cat([near.new_zeros(1), near + 1])
+            overflows.append((i0, overflow._replace(ids=to_image[overflow.ids])))
+    extra = join_overflows(overflows, len(grid.x.lo), values)
+    return Candidates(ids, grid.y.lo, grid.x.lo, values, *extra)

@@ -271,7 +271,7 @@ class BoxPanopticPostProcessor(nn.Module):
             sigma,
             d.scores >= tau,
             self.location_term,
-            grow=self.exact and not torch.jit.is_tracing(),
+            exact=self.exact and not torch.jit.is_tracing(),
         )
 
     def semantic_argmax(self, d: DecodedImage, sem_seg: torch.Tensor) -> torch.Tensor:
@@ -369,6 +369,10 @@ def instance_masks(candidates: Candidates, sigma: float, num: int) -> torch.Tens
     for slot in range(candidates.values.shape[0]):  # K slots; a pixel's ids are distinct
         ids = candidates.per_pixel(candidates.window_ids[slot : slot + 1]).view(1, -1)
         masks.scatter_(0, ids, (candidates.values[slot] >= sigma).view(1, -1))
+    if candidates.has_extra:  # crowded windows' further detections (exact mode)
+        accepted = candidates.extra_values >= sigma
+        pixels = candidates.extra_pixels.expand_as(candidates.extra_ids)
+        masks[candidates.extra_ids[accepted], pixels[accepted]] = True
     return masks[1:].view(num, h, w)
 
 

@@ -7,16 +7,17 @@ detection can be accepted at a pixel (S_j >= sigma) only if it reaches sigma som
 window. :func:`sample_candidates` therefore keeps, per window, the K detections with the highest
 window maximum and evaluates only those at full resolution: (K, H, W) instead of (P, H, W). With
 K >= the number of detections reaching sigma in every window this is exactly the dense
-upsampling followed by thresholding. ``grow`` (the model's default) raises K to the largest such
-number in the image, so it is always exact; without it (and in traced exports) the K strongest
-per window are kept.
+upsampling followed by thresholding. In exact mode (the model's default) the windows where more
+than K reach sigma also list their further detections at their pixels (``Candidates.extra_*``),
+so it is always exact at a cost that grows with the crowded area only; without it (and in traced
+exports) the K strongest per window are kept.
 
 Coordinates follow ``F.interpolate(mode="bilinear", align_corners=False)``: the stride-4 grid
 covers the padded input, the output covers the unpadded image, resized to the output size in
 the same step (one resampling, not two).
 """
 
-from typing import NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -29,6 +30,7 @@ __all__ = [
     "Candidates",
     "dense_candidates",
     "select_last",
+    "join_overflows",
     "window_candidates",
     "sample_candidates",
 ]
@@ -113,16 +115,29 @@ def resample(values: torch.Tensor, grid: OutputGrid) -> torch.Tensor:
 
 
 class Candidates(NamedTuple):
-    """Per output pixel, K candidate detections and their upsampled soft mask values.
+    """Per output pixel, K candidate detections and their upsampled soft mask values, plus, in
+    exact mode, every further detection that reaches sigma where a window is crowded.
 
     window_ids: (K, h, w) long, j + 1 for detection j and 0 for an empty slot, per window of
     the grid; rows: (H,) and cols: (W,) long, each output pixel's window; values: (K, H, W),
-    the candidates' S_j at each pixel, -1 for an empty slot (never accepted)."""
+    the candidates' S_j at each pixel, -1 for an empty slot (never accepted).
+    extra_pixels: (Q,) long flat indices y * W + x of the output pixels whose window has more
+    than K detections reaching sigma; extra_ids: (E, Q) long, their further detections (j + 1,
+    0 = empty); extra_values: (E, Q) their S_j (-1 = empty). Empty (Q = 0) when no window is
+    crowded or in the fixed-K mode."""
 
     window_ids: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
     values: torch.Tensor
+    extra_pixels: Optional[torch.Tensor] = None
+    extra_ids: Optional[torch.Tensor] = None
+    extra_values: Optional[torch.Tensor] = None
+
+    @property
+    def has_extra(self) -> bool:
+        """Whether some pixels have further candidates (a Python bool: never while tracing)."""
+        return self.extra_pixels is not None and self.extra_pixels.numel() > 0
 
     def per_pixel(self, window_table: torch.Tensor) -> torch.Tensor:
         """(K, h, w) per-window entries -> (K, H, W) per-pixel entries."""
@@ -165,8 +180,8 @@ def window_candidates(
     k: int,
     sigma: float,
     rank_first: torch.Tensor,
-    grow: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    exact: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional["Overflow"]]:
     """The K detections per 2 x 2 window with the highest window maximum, resampled at each
     output pixel, for one band of b grid rows (the whole grid, or a band of it).
 
@@ -179,8 +194,8 @@ def window_candidates(
         sigma: acceptance threshold; a detection below it in the whole window is no candidate.
         rank_first: (P,) bool, detections that take the slots before the others (those the
             panoptic assembly uses).
-        grow: K becomes at least the most detections reaching sigma in one window of the band,
-            so that every such detection is a candidate (exact; not while tracing).
+        exact: also list, for the output pixels of every window where more than K detections
+            reach sigma, those further detections (:class:`Overflow`; never while tracing).
     Returns:
         ids (K, b, w) long, j + 1 for detection j and 0 for an empty slot; values
         (k, len(rows.lo), len(cols.lo)), each slot's S_j at each output pixel.
@@ -194,8 +209,7 @@ def window_candidates(
     reaches = window_max >= sigma
     first = torch.cat([rank_first.new_zeros(k), rank_first])
     key = window_max + reaches * (2.0 + 2.0 * first)  # reaching and ranked first, then reaching
-    slots = max(k, int(reaches.sum(dim=2).max())) if grow and reaches.numel() else k
-    ids = key.topk(slots, dim=2).indices  # (b, w, K), detections last: a contiguous top-k
+    ids = key.topk(k, dim=2).indices  # (b, w, k), detections last: a contiguous top-k
     ids = torch.where(reaches.gather(2, ids), ids, torch.zeros_like(ids))  # 0: an empty plane
     # the window's four corners for each candidate, then columns and rows resampled
     c00, c01, c10, c11 = (
@@ -206,7 +220,69 @@ def window_candidates(
     top, bottom = _blend(c00, c01, cols, 2), _blend(c10, c11, cols, 2)
     values = _blend(top.index_select(1, rows.lo), bottom.index_select(1, rows.lo), rows, 1)
     det = (ids - (k - 1)).clamp(min=0).permute(2, 0, 1)  # empty planes -> 0, j -> j + 1
-    return det, values
+    overflow = None
+    if exact and not torch.jit.is_tracing():
+        overflow = _overflow(planes, key, reaches, rows, cols, k)
+    return det, values, overflow
+
+
+class Overflow(NamedTuple):
+    """A band's further candidates: ``pixels`` (Q, 2) long (band output row, column),
+    ``ids`` (E, Q) long (j + 1, 0 = empty), ``values`` (E, Q)."""
+
+    pixels: torch.Tensor
+    ids: torch.Tensor
+    values: torch.Tensor
+
+
+def _overflow(planes, key, reaches, rows: Taps, cols: Taps, k: int) -> Optional[Overflow]:
+    """The detections ranked after the first K in windows where more than K reach sigma, at
+    those windows' output pixels, resampled with the same arithmetic as the first K (the same
+    bits as the dense upsampling)."""
+    count = reaches.sum(dim=2)  # (b, w)
+    crowded = count > k
+    if not bool(crowded.any()):
+        return None
+    win = crowded.nonzero()  # (n, 2) window (row, column) in the band
+    a, c = win[:, 0], win[:, 1]
+    e = int(count.max()) - k
+    ids = key[a, c].topk(k + e, dim=1).indices[:, k:]  # (n, E) plane index, ranks k..k+E-1
+    ids = torch.where(reaches[a, c].gather(1, ids), ids, torch.zeros_like(ids))
+    a1, c1, i = a[:, None], c[:, None], ids
+    c00, c01 = planes[a1, c1, i], planes[a1, c1 + 1, i]
+    c10, c11 = planes[a1 + 1, c1, i], planes[a1 + 1, c1 + 1, i]
+    index = torch.full(crowded.shape, -1, dtype=torch.long, device=key.device)
+    index[a, c] = torch.arange(len(a), device=key.device)
+    at = index.index_select(0, rows.lo).index_select(1, cols.lo)  # (n_rows, W) window or -1
+    pixels = (at >= 0).nonzero()  # (Q, 2)
+    y, x = pixels[:, 0], pixels[:, 1]
+    w = at[y, x]
+    wx_lo, wx_hi = cols.w_lo[x][:, None], cols.w_hi[x][:, None]
+    wy_lo, wy_hi = rows.w_lo[y][:, None], rows.w_hi[y][:, None]
+    top = c00[w] * wx_lo + c01[w] * wx_hi
+    bottom = c10[w] * wx_lo + c11[w] * wx_hi
+    values = top * wy_lo + bottom * wy_hi  # (Q, E)
+    det = (ids[w] - (k - 1)).clamp(min=0)
+    return Overflow(pixels, det.t().contiguous(), values.t().contiguous())
+
+
+def join_overflows(parts: List[Tuple[int, Overflow]], width: int, like: torch.Tensor):
+    """(extra_pixels, extra_ids, extra_values) of :class:`Candidates` from the bands'
+    overflows, each with the band's first output row; empty tensors when there is none."""
+    if not parts:
+        return (
+            torch.zeros(0, dtype=torch.long, device=like.device),
+            torch.zeros((0, 0), dtype=torch.long, device=like.device),
+            like.new_zeros((0, 0)),
+        )
+    e = max(o.ids.shape[0] for _, o in parts)
+    pixels, ids, values = [], [], []
+    for row0, o in parts:
+        pixels.append((o.pixels[:, 0] + row0) * width + o.pixels[:, 1])
+        pad = e - o.ids.shape[0]
+        ids.append(torch.cat([o.ids, o.ids.new_zeros((pad, o.ids.shape[1]))]))
+        values.append(torch.cat([o.values, o.values.new_full((pad, o.values.shape[1]), -1.0)]))
+    return torch.cat(pixels), torch.cat(ids, dim=1), torch.cat(values, dim=1)
 
 
 def sample_candidates(
@@ -215,19 +291,20 @@ def sample_candidates(
     k: int,
     sigma: float,
     rank_first: torch.Tensor,
-    grow: bool = False,
+    exact: bool = False,
 ) -> Candidates:
     """:func:`window_candidates` over the whole grid.
 
     Args:
         masks4: (P, h4, w4) soft masks S_j on the stride-4 grid.
         grid: the output pixels on that grid (:func:`output_grid`).
-        k, sigma, rank_first, grow: as in :func:`window_candidates`.
+        k, sigma, rank_first, exact: as in :func:`window_candidates`.
     Returns:
         :class:`Candidates`.
     """
     cells = masks4.permute(1, 2, 0)  # (h4, w4, P)
-    ids, values = window_candidates(
-        torch.cat([cells, cells[-1:]]), grid.y, grid.x, k, sigma, rank_first, grow
+    ids, values, overflow = window_candidates(
+        torch.cat([cells, cells[-1:]]), grid.y, grid.x, k, sigma, rank_first, exact
     )
-    return Candidates(ids, grid.y.lo, grid.x.lo, values)
+    extra = join_overflows([(0, overflow)] if overflow else [], len(grid.x.lo), values)
+    return Candidates(ids, grid.y.lo, grid.x.lo, values, *extra)
