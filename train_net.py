@@ -8,6 +8,7 @@ python train_net.py --config-file ... --resume
 python train_net.py --config-file ... --coco-panoptic my_train IMAGES PANOPTIC_PNGS PANOPTIC_JSON \\
     --coco-panoptic my_val ... DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)'
 python train_net.py --config-file configs/Synthetic/box_panoptic_R_18_synthetic.py  # LazyConfig
+torchrun --nproc-per-node 8 --max-restarts 3 train_net.py --config-file ... --resume
 """
 
 import box_panoptic  # noqa: F401  (first: compatibility shims + registration)
@@ -17,11 +18,13 @@ from detectron2.engine import default_argument_parser
 
 from box_panoptic.data.user_datasets import add_coco_panoptic_argument, register_from_args
 from box_panoptic.engine import SafeCheckpointer, Trainer, launch, setup
+from box_panoptic.engine.launch import elastic_restart_count
 from box_panoptic.engine.lazy import is_lazy_config, lazy_main
 
 
 def main(args):
     register_from_args(args)
+    args.resume = args.resume or elastic_restart_count() > 0  # torchrun restarted the workers
     if is_lazy_config(args.config_file):  # a LazyConfig (.py): key=value overrides
         return lazy_main(args)
     cfg = setup(args)

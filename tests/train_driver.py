@@ -6,12 +6,15 @@
 
 ``--separated`` registers ``NAME`` with detectron2's ``register_coco_panoptic_separated`` from a
 split written by ``tests/user_data.py``; ``--fail`` raises on purpose in a training hook (after
-iteration 2) or in the evaluator. Everything happens at import, so that the processes that
+iteration 2) or in the evaluator; ``--kill-after N`` makes rank 1 of a torchrun job's first
+attempt SIGKILL itself once every rank has finished iteration N (its hooks, checkpoint
+included). Everything happens at import, so that the processes that
 ``--num-gpus`` spawns do it too.
 """
 
 import argparse
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +28,7 @@ from user_data import separated_metadata  # noqa: E402
 from detectron2.data.datasets import register_coco_panoptic_separated  # noqa: E402
 from detectron2.engine import HookBase  # noqa: E402
 from detectron2.evaluation import DatasetEvaluator  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
 
 import train_net  # noqa: E402
 from box_panoptic.data.synthetic import dataset_paths  # noqa: E402
@@ -34,6 +38,7 @@ split_at = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
 p = argparse.ArgumentParser()
 p.add_argument("--separated", nargs=3, action="append", default=[])
 p.add_argument("--fail", choices=["hook", "evaluator"])
+p.add_argument("--kill-after", type=int)
 own_args = p.parse_args(sys.argv[1:split_at])
 TRAIN_NET_ARGS = sys.argv[split_at + 1 :]
 
@@ -57,6 +62,21 @@ class FailingHook(HookBase):
             raise RuntimeError("a hook failed on purpose")
 
 
+class KillRankOne(HookBase):
+    """The first attempt's rank 1 dies by SIGKILL after iteration ``at`` (deterministically: a
+    barrier first, so that rank 0 has saved that iteration's checkpoint)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self):
+        if self.trainer.iter != self.at or os.environ.get("TORCHELASTIC_RESTART_COUNT") != "0":
+            return
+        comm.synchronize()
+        if comm.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class FailingEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         raise RuntimeError("an evaluator failed on purpose")
@@ -68,7 +88,10 @@ class FailingEvaluator(DatasetEvaluator):
 if own_args.fail == "hook":
     _build_hooks = Trainer.build_hooks
     Trainer.build_hooks = lambda self: _build_hooks(self) + [FailingHook()]
-elif own_args.fail == "evaluator":
+elif own_args.kill_after is not None:
+    _build_hooks = Trainer.build_hooks
+    Trainer.build_hooks = lambda self: _build_hooks(self) + [KillRankOne(own_args.kill_after)]
+if own_args.fail == "evaluator":
     Trainer.build_evaluator = classmethod(lambda cls, cfg, name, folder=None: FailingEvaluator())
 
 if __name__ == "__main__":

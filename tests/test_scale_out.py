@@ -1,0 +1,162 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Scale-out on CPU (gloo): torchrun, two machines on localhost (detectron2's launcher and a
+2-node torchrun rendezvous), an elastic restart after a worker is SIGKILLed, and distributed
+evaluation. Every training ends with the weights of detectron2-style 2-process training with the
+same seed, bit for bit."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .helpers import ROOT, train_net_command
+
+DRIVER = os.path.join(ROOT, "tests", "train_driver.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+OPTS = [
+    "SOLVER.MAX_ITER",
+    "6",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "3",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.BASE_LR",
+    "0.01",
+]
+TIMEOUT = 600
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_net(root, out, flags=(), opts=()):
+    """(argv after the interpreter, env) of train_net.py on the tiny synthetic setting;
+    ``opts`` come last (they override the tiny setting's)."""
+    cmd, env = train_net_command(list(flags) + OPTS, root, out)
+    return cmd[1:] + list(opts), env
+
+
+def _run(argvs, env):
+    """Start every argv at once (one per machine), wait for all; each must exit 0."""
+    procs = [
+        subprocess.Popen(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for a in argvs
+    ]
+    logs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=TIMEOUT)
+            logs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    return "\n".join(logs)
+
+
+def _weights(out):
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] == 5
+    return ckpt["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(synthetic_root, tmp_path_factory):
+    """detectron2-style: one machine, 2 processes (box_panoptic's CPU launcher)."""
+    out = tmp_path_factory.mktemp("launch2")
+    argv, env = _train_net(synthetic_root, out, ["--num-gpus", "2"])
+    _run([[sys.executable] + argv], env)
+    return out, _weights(out)
+
+
+def test_torchrun_equals_detectron2_launch(synthetic_root, tmp_path, reference):
+    argv, env = _train_net(synthetic_root, tmp_path)
+    port = str(_port())
+    log = _run([TORCHRUN + ["--nproc-per-node", "2", "--master-port", port] + argv], env)
+    assert "World size: 2" in log or "world size: 2" in log.lower()
+    _assert_same(_weights(tmp_path), reference[1])
+
+
+def test_two_machines_on_localhost_equal_one(synthetic_root, tmp_path, reference):
+    # detectron2's --num-machines / --machine-rank / --dist-url
+    out = tmp_path / "d2"
+    port = _port()
+    argvs = []
+    for rank in (0, 1):
+        flags = ["--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank)]
+        flags += ["--dist-url", f"tcp://127.0.0.1:{port}"]
+        argv, env = _train_net(synthetic_root, out, flags)
+        argvs.append([sys.executable] + argv)
+    _run(argvs, env)
+    _assert_same(_weights(out), reference[1])
+    # a 2-node torchrun rendezvous
+    out = tmp_path / "torchrun"
+    port = str(_port())
+    argv, env = _train_net(synthetic_root, out)
+    node = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1"]
+    _run(
+        [TORCHRUN + node + ["--node-rank", r, "--master-port", port] + argv for r in ("0", "1")],
+        env,
+    )
+    _assert_same(_weights(out), reference[1])
+
+
+def test_elastic_restart_after_sigkill_resumes_exactly(synthetic_root, tmp_path, reference):
+    argv, env = _train_net(synthetic_root, tmp_path)
+    driver = [DRIVER, "--kill-after", "2", "--"] + argv[1:]  # argv[0] is train_net.py
+    port = str(_port())
+    torchrun = TORCHRUN + ["--nproc-per-node", "2", "--max-restarts", "1", "--master-port", port]
+    log = _run([torchrun + driver], env)
+    assert "Starting training from iteration 3" in log  # the restarted group resumed
+    _assert_same(_weights(tmp_path), reference[1])
+
+
+def _evaluate(root, out, weights, procs):
+    flags = ["--eval-only", "--num-gpus", str(procs)]
+    opts = ["MODEL.WEIGHTS", str(weights), "DATASETS.TEST", "('synthetic_panoptic_val',)"]
+    opts += ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"]
+    argv, env = _train_net(root, out, flags, opts)
+    log = _run([[sys.executable] + argv], env)
+    return [line.split("copypaste: ", 1)[1] for line in log.splitlines() if "copypaste: " in line]
+
+
+def test_distributed_evaluation_equals_one_process(synthetic_root, tmp_path, reference):
+    # the reference weights, with detections everywhere: things in every prediction
+    ckpt = torch.load(os.path.join(reference[0], "model_final.pth"), weights_only=False)
+    ckpt["model"]["head.box_cls_logits.bias"].fill_(3.0)
+    ckpt["model"]["sem_seg_head.cls_logits.bias"][:3] += 5.0  # thing classes 0-2 likely
+    weights = tmp_path / "with_things.pth"
+    torch.save({"model": ckpt["model"]}, weights)
+    one = _evaluate(synthetic_root, tmp_path / "one", weights, 1)
+    two = _evaluate(synthetic_root, tmp_path / "two", weights, 2)
+    assert any(line.startswith("PQ,") for line in one) and one == two
+    for name in ("panoptic_per_class.csv",):
+        a = (tmp_path / "one" / "inference" / name).read_text()
+        assert a == (tmp_path / "two" / "inference" / name).read_text()
+
+    def predictions(folder):
+        pred = folder / "inference" / "panoptic_predictions"
+        with open(pred / "predictions.json") as f:
+            anns = sorted(json.load(f)["annotations"], key=lambda a: a["image_id"])
+        pngs = {p.name: p.read_bytes() for p in sorted(pred.glob("*.png"))}
+        return anns, pngs
+
+    anns, pngs = predictions(tmp_path / "one")
+    assert len(anns) == len(pngs) > 0
+    assert max(len(a["segments_info"]) for a in anns) > 2  # instances, not one stuff region
+    assert (anns, pngs) == predictions(tmp_path / "two")
