@@ -160,3 +160,16 @@ def test_distributed_evaluation_equals_one_process(synthetic_root, tmp_path, ref
     assert len(anns) == len(pngs) > 0
     assert max(len(a["segments_info"]) for a in anns) > 2  # instances, not one stuff region
     assert (anns, pngs) == predictions(tmp_path / "two")
+
+
+def test_cpu_processes_share_the_cores():
+    from box_panoptic.engine.launch import _share_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        _share_cpu_threads(2)
+        assert torch.get_num_threads() == min(before, max(1, (os.cpu_count() or 1) // 2))
+        _share_cpu_threads(10**6)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
