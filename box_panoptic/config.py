@@ -103,9 +103,9 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # Post-processing time and memory at full resolution grow with K, not with the detections.
     bp.ASSEMBLY_CANDIDATES = 4
     # Exact post-processing: where more than ASSEMBLY_CANDIDATES detections reach sigma in a
-    # window (crowds), the image gets as many slots as its most crowded window needs, so the
-    # masks equal full-resolution upsampling. False: at most ASSEMBLY_CANDIDATES per window
-    # (fixed cost; the K strongest kept). Traced exports always use the fixed K.
+    # window (crowds), that window's pixels also list the further detections, so the masks
+    # equal full-resolution upsampling; only crowded windows pay. False: at most
+    # ASSEMBLY_CANDIDATES per window (the K strongest kept). Traced exports always use the fixed K.
     bp.ASSEMBLY_EXACT = True
     # Run the network on channels-last (NHWC) tensors: oneDNN's faster convolution path on CPUs.
     bp.CHANNELS_LAST = True
