@@ -3,6 +3,8 @@
 with no yacs config anywhere."""
 
 import os
+import subprocess
+import sys
 from unittest import mock
 
 import pytest
@@ -13,7 +15,7 @@ from detectron2.modeling import build_model
 
 from box_panoptic.engine.lazy import lazy_train
 
-from .helpers import CONFIGS, get_cfg_from, get_model
+from .helpers import CONFIGS, ROOT, get_cfg_from, get_model
 
 LAZY_SYNTHETIC = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthetic.py")
 
@@ -117,3 +119,26 @@ def test_lazy_released_configs_build_the_yaml_models(lazy, yacs):
     assert cfg.train.max_iter == ycfg.SOLVER.MAX_ITER
     assert list(cfg.lr_multiplier.scheduler.milestones) == list(ycfg.SOLVER.STEPS)
     assert cfg.optimizer.lr == ycfg.SOLVER.BASE_LR
+
+
+def test_lazy_training_with_two_processes_on_cpu(synthetic_root, tmp_path):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train_net.py"),
+        "--config-file",
+        LAZY_SYNTHETIC,
+        "--num-gpus",
+        "2",
+        f"train.output_dir={out}",
+        "train.max_iter=3",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.evaluator=null",
+        f"dataloader.train.skip_log={out}/skipped.jsonl",
+    ]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(synthetic_root))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # DDP wrapper stripped

@@ -14,7 +14,7 @@ import os
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -79,8 +79,10 @@ def lazy_train(cfg, resume: bool = False):
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     loader = instantiate(cfg.dataloader.train)
-    with cpu_ddp():  # several processes on CPUs: DDP without device_ids
-        ddp_model = create_ddp_model(model, **cfg.train.get("ddp", {}))
+    # several processes on CPUs: DDP without device_ids (the builder is looked up in its
+    # module, where cpu_ddp replaces it)
+    with cpu_ddp():
+        ddp_model = d2_defaults.create_ddp_model(model, **cfg.train.get("ddp", {}))
     trainer = _trainer(cfg, ddp_model, loader, optimizer)
     # the trainer's state holds the optimizer (and AMP's scaler) on detectron2 0.6 and main
     extra = {"data_stream": loader} if isinstance(loader, ResumableTrainLoader) else {}
