@@ -83,7 +83,7 @@ def elastic_restart_count() -> int:
 
 def _share_cpu_threads(procs_per_machine: int) -> None:
     """Each of a machine's processes computes on its share of the cores (at most what it was
-    given): two processes with all the cores each oversubscribe them (measured 12x slower)."""
+    given): two processes with all the cores each oversubscribe them (measured 9x slower)."""
     share = max(1, (os.cpu_count() or 1) // max(1, procs_per_machine))
     torch.set_num_threads(min(torch.get_num_threads(), share))
 

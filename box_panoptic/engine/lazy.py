@@ -9,7 +9,6 @@ here), ``lr_multiplier`` and ``train`` (output_dir, init_checkpoint, max_iter, a
 checkpointer, eval_period, log_period, device, seed).
 """
 
-import logging
 import os
 
 from detectron2.config import LazyConfig, instantiate
@@ -22,12 +21,11 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SafeCheckpointer
 from ..compat import cpu_ddp
-from ..data.resumable import ResumableTrainLoader, count_skipped
+from ..data.resumable import ResumableTrainLoader
 from .preemption import PreemptionCheckpoint
+from .trainer import log_skipped_samples
 
 __all__ = ["is_lazy_config", "lazy_main", "lazy_setup", "lazy_test", "lazy_train"]
-
-logger = logging.getLogger("detectron2." + __name__)
 
 
 def is_lazy_config(path: str) -> bool:
@@ -116,11 +114,7 @@ def lazy_train(cfg, resume: bool = False):
             loader.close()  # no worker may delay the exit
         skip_log = cfg.dataloader.train.get("skip_log")
         if skip_log and main:
-            total = count_skipped(skip_log)
-            logging.getLogger("box_panoptic").warning(
-                f"bad samples skipped in this training: {total} in total"
-                + (f" (see {skip_log})" if total else "")
-            )
+            log_skipped_samples(skip_log)
     return lazy_test(cfg, model) if cfg.train.eval_period <= 0 else {}
 
 

@@ -150,7 +150,11 @@ def report_skipped_samples(cfg) -> int:
     """Log the bad samples skipped by every worker and process (INPUT.BAD_SAMPLE_POLICY skip)."""
     if cfg.INPUT.BAD_SAMPLE_POLICY != "skip" or not comm.is_main_process():
         return 0
-    path = skip_log_path(cfg)
+    return log_skipped_samples(skip_log_path(cfg))
+
+
+def log_skipped_samples(path) -> int:
+    """Log the total of the skip log ``path`` (every worker's and process's lines)."""
     total = count_skipped(path)
     logging.getLogger("box_panoptic").warning(
         f"bad samples skipped in this training: {total} in total"

@@ -139,10 +139,10 @@ def soft_mask_candidates(
         band_ids, band_values, overflow = window_candidates(
             masks, _band_rows(grid.y, i0, i1, r0), grid.x, k, sigma, rank_first[near], exact
         )
-        ids[:, r0:r1] = torch.cat([near.new_zeros(1), near + 1])[band_ids]  # band -> image ids
+        to_image = torch.cat([near.new_zeros(1), near + 1])  # band ids -> image ids
+        ids[:, r0:r1] = to_image[band_ids]
         values[:, i0:i1] = band_values
         if overflow is not None:
-            to_image = torch.cat([near.new_zeros(1), near + 1])
             overflows.append((i0, overflow._replace(ids=to_image[overflow.ids])))
     extra = join_overflows(overflows, len(grid.x.lo), values)
     return Candidates(ids, grid.y.lo, grid.x.lo, values, *extra)
