@@ -123,6 +123,10 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # not (thin and small objects whose mask holds no location of their level get a positive).
     # Training targets only. False: FCOS / the release.
     bp.CENTRE_POSITIVE = False
+    # Weight of each positive location in the box (GIoU) loss: "centerness" (FCOS, the release:
+    # the centerness target, so locations near the box edges hardly count) or "uniform" (every
+    # positive alike; mask construction reads every pixel's box, edges included).
+    bp.BOX_LOSS_WEIGHTING = "centerness"
     # Sigmoid focal loss parameters for the box classifier.
     bp.FOCAL_ALPHA = 0.25
     bp.FOCAL_GAMMA = 2.0

@@ -84,3 +84,15 @@ def train_net_command(args, root, out_dir):
         *tiny,
     ]
     return cmd, dict(os.environ, DETECTRON2_DATASETS=str(root))
+
+
+def synthetic_batch(root, n: int):
+    """The first ``n`` synthetic training records, mapped for training at their own size (no
+    resize, no flip): a fixed batch. ``root``: the synthetic fixture (the ``synthetic_root``
+    fixture, which registers it)."""
+    from detectron2.data import DatasetCatalog
+
+    from box_panoptic.data import BoxPanopticDatasetMapper
+
+    mapper = BoxPanopticDatasetMapper(get_cfg_from(SYNTHETIC_CONFIG, *IDENTITY_TRAIN_TRANSFORM), True)
+    return [mapper(r) for r in DatasetCatalog.get("synthetic_panoptic_train")[:n]]

@@ -238,3 +238,136 @@ def test_detector_diagnosis_counts_the_objects_and_their_positives(synthetic_roo
     assert sum(d.positives_per_level) > d.objects - d.objects_without_positive >= 0
     assert sum(v[2] for v in d.found.values()) == d.objects  # every object in one size bucket
     assert "objects without any positive location" in d.report()
+
+
+P2_P6 = (
+    "MODEL.RESNETS.OUT_FEATURES",
+    ["res2", "res3", "res4", "res5"],
+    "MODEL.FPN.IN_FEATURES",
+    ["res2", "res3", "res4", "res5"],
+    "MODEL.BOX_PANOPTIC.IN_FEATURES",
+    ["p2", "p3", "p4", "p5", "p6"],
+    "MODEL.BOX_PANOPTIC.FPN_STRIDES",
+    [4, 8, 16, 32, 64],
+    "MODEL.BOX_PANOPTIC.SIZES_OF_INTEREST",
+    [8, 16, 32, 64],
+)
+
+
+def test_head_on_p2_to_p6_keeps_the_stride4_grid_and_trains(synthetic_root):
+    from .helpers import synthetic_batch
+
+    model = get_model(SYNTHETIC_CONFIG, *P2_P6)
+    assert model.strides == [4, 8, 16, 32, 64]
+    assert model.levelness_head.upsample == 1
+    # no P7 conv left without gradients (DDP would refuse it): P6 is a max pool
+    assert not any("top_block" in k for k, _ in model.backbone.named_parameters())
+    x = [{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)}]
+    model.eval()
+    with torch.no_grad():
+        out = model.network(model.preprocess_image(x))
+    assert tuple(out["box_cls"][0].shape[-2:]) == (16, 24)  # P2: stride 4
+    assert tuple(out["sem_seg"].shape[-2:]) == (16, 24)  # the finest level's grid
+    assert tuple(out["levelness"].shape[-2:]) == (16, 24)  # always stride 4
+    assert out["levelness"].shape[1] == 6
+    with torch.no_grad():
+        result = model(x)[0]
+    assert tuple(result["panoptic_seg"][0].shape) == (64, 96)
+    model.train()
+    losses = model(synthetic_batch(synthetic_root, 2))
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)  # every parameter takes part (DDP-safe)
+    # the released layout is untouched: P3-P7, levelness upsampled 2x, P7 conv present
+    released = get_model(SYNTHETIC_CONFIG)
+    assert released.levelness_head.upsample == 2
+    assert any("top_block.p7" in k for k, _ in released.backbone.named_parameters())
+
+
+def test_levelness_grid_needs_a_finest_stride_multiple_of_4():
+    from box_panoptic.modeling.head import levelness_upsample
+
+    assert [levelness_upsample(s) for s in (4, 8, 16)] == [1, 2, 4]
+    with pytest.raises(ValueError, match="stride 4 or a multiple of 4 .*, got 2"):
+        levelness_upsample(2)
+
+
+def test_uniform_box_loss_weighting_counts_edge_locations_alike(synthetic_root):
+    from .helpers import synthetic_batch
+
+    batch = synthetic_batch(synthetic_root, 2)
+    losses = {}
+    for mode in ("centerness", "uniform"):
+        model = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.BOX_LOSS_WEIGHTING", mode).train()
+        criterion = model.criterion
+        images = model.preprocess_image(batch)
+        out = model.network(images)
+        losses[mode] = criterion(out, batch, images)
+        if mode == "uniform":
+            # by hand: the mean GIoU loss over the positives
+            from fvcore.nn import giou_loss
+
+            from box_panoptic.modeling.targets import batch_targets
+
+            t = batch_targets(
+                batch,
+                tuple(images.tensor.shape[-2:]),
+                [tuple(c.shape[-2:]) for c in out["box_cls"]],
+                criterion.strides,
+                tuple(out["levelness"].shape[-2:]),
+                criterion.assignment,
+                criterion.num_thing_classes,
+                images.tensor.device,
+                False,
+            )
+            n = t.labels.shape[0]
+            reg = torch.cat([r.permute(0, 2, 3, 1).reshape(n, -1, 4) for r in out["box_reg"]], 1)
+            pos = t.labels < criterion.num_thing_classes
+            p = t.points[None].expand(n, -1, -1)[pos]
+
+            def box(d):
+                return torch.stack([p[:, 0] - d[:, 0], p[:, 1] - d[:, 1], p[:, 0] + d[:, 2],
+                                    p[:, 1] + d[:, 3]], 1)
+
+            want = giou_loss(box(reg[pos]), box(t.ltrb[pos]), reduction="sum") / pos.sum()
+            torch.testing.assert_close(losses[mode]["loss_box"], want)
+    # same weights, same batch: the other losses agree, the box loss does not
+    torch.testing.assert_close(losses["uniform"]["loss_cls"], losses["centerness"]["loss_cls"])
+    assert not torch.isclose(losses["uniform"]["loss_box"], losses["centerness"]["loss_box"])
+    with pytest.raises(ValueError, match="box_loss_weighting must be one of"):
+        get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.BOX_LOSS_WEIGHTING", "edges")
+
+
+def test_oracle_detections_are_the_ground_truth_things_in_input_pixels():
+    from box_panoptic.evaluation.sigma_search import oracle_detections
+    from box_panoptic.modeling.postprocess import DecodedImage
+
+    d = DecodedImage(
+        boxes=torch.zeros(3, 4),
+        scores=torch.full((3,), 0.2),
+        classes=torch.zeros(3, dtype=torch.long),
+        dense=torch.zeros(4, 8, 8),
+        sem_seg_stride8=torch.zeros(5, 4, 4),
+        padded_size=(32, 32),
+        image_size=(32, 32),  # the input: the original 64 x 64 at half size
+        output_size=(64, 64),
+    )
+    record = {
+        "file_name": "a.jpg",
+        "segments_info": [
+            {"id": 1, "category_id": 0, "isthing": False, "bbox": [0, 0, 64, 64]},
+            {"id": 2, "category_id": 7, "isthing": True, "bbox": [10, 20, 30, 10]},
+            {"id": 3, "category_id": 9, "isthing": True, "bbox": [0, 0, 8, 8], "iscrowd": 1},
+            {"id": 4, "category_id": 9, "isthing": True, "bbox": [40, 2, 4, 6]},
+        ],
+    }
+    output_ids = [0, 1, 7, 9, 4]  # semantic index -> dataset contiguous id
+    o = oracle_detections(d, record, output_ids)
+    torch.testing.assert_close(o.boxes, torch.tensor([[5.0, 10, 20, 15], [20, 1, 22, 4]]))
+    assert o.classes.tolist() == [2, 3] and o.scores.tolist() == [1.0, 1.0]
+    assert o.dense is d.dense and o.sem_seg_stride8 is d.sem_seg_stride8  # masks untouched
+    del record["segments_info"][1]["bbox"]
+    with pytest.raises(ValueError, match="a.jpg has segments without 'bbox'"):
+        oracle_detections(d, record, output_ids)

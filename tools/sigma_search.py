@@ -46,6 +46,12 @@ def main(argv=None):
     )
     p.add_argument("--score-threshs", type=float, nargs="*", default=[0.3])
     p.add_argument("--dataset", default=None, help="default: the first of DATASETS.TEST")
+    p.add_argument(
+        "--oracle-boxes",
+        action="store_true",
+        help="replace the detections by the ground-truth boxes and classes: the PQ the masks "
+        "(dense boxes, levelness, semantics) reach with perfect detections",
+    )
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     a = p.parse_args(argv)
     if not a.sigmas or not a.score_threshs:
@@ -70,6 +76,7 @@ def main(argv=None):
         MetadataCatalog.get(name),
         a.sigmas,
         a.score_threshs,
+        oracle_boxes=a.oracle_boxes,
     )
     print(f"{'sigma':>7}{'score':>7}{'PQ':>8}{'PQ_th':>8}{'PQ_st':>8}{'s':>7}")
     for r in rows:

@@ -1,14 +1,15 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """The dense panoptic head (METHOD.md section 2.2): classification and localization towers shared
 across FPN levels, FCOS box outputs, and the two fused heads built on the towers: semantic
-segmentation (classification tower, stride 8) and levelness (localization tower, stride 4).
+segmentation (classification tower, the finest level's stride: 8 on P3-P7) and levelness
+(localization tower, stride 4).
 
 Attribute names follow the released head (``cls_tower``, ``bbox_tower``, ``box_cls_logits``,
 ``bbox_pred``, ``centerness``, ``scales.{i}.scale``, ``cls_logits``, ``levelness``).
 """
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -242,7 +243,8 @@ def _resized_then_conv3x3(f: torch.Tensor, weight: torch.Tensor, size: Tuple[int
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class BoxPanopticSemanticHead(nn.Module):
-    """Semantic logits at stride 8 from the classification tower of all levels (METHOD 2.2).
+    """Semantic logits at the finest level's stride (8 on P3-P7, released; 4 when the head starts
+    at P2) from the classification tower of all levels (METHOD 2.2).
 
     NOTE: this interface is experimental.
     """
@@ -266,21 +268,34 @@ class BoxPanopticSemanticHead(nn.Module):
         }
 
     def forward(self, cls_feats: List[torch.Tensor]) -> torch.Tensor:
-        """cls_feats: per level (N, C, H_l, W_l), finest first -> (N, C_sem, H_3, W_3) logits."""
+        """cls_feats: per level (N, C, H_l, W_l), finest first -> (N, C_sem, H_0, W_0) logits on
+        the finest level's grid."""
         return fused_conv3x3(self.cls_logits, cls_feats, tuple(cls_feats[0].shape[-2:]))
 
 
 @LEVELNESS_HEAD_REGISTRY.register()
 class LevelnessHead(nn.Module):
-    """Levelness logits at stride 4 (2x the P3 grid), L + 1 channels, 0 = background.
+    """Levelness logits on the stride-4 grid (2x the P3 grid), L + 1 channels, 0 = background.
 
     NOTE: this interface is experimental.
     """
 
     @configurable
-    def __init__(self, *, in_channels: int, num_levels: int, init_std: float = 0.01):
+    def __init__(
+        self, *, in_channels: int, num_levels: int, init_std: float = 0.01, upsample: int = 2
+    ):
+        """
+        Args:
+            in_channels: localization tower channels. num_levels: L.
+            init_std: std of the normal init.
+            upsample: the finest level's stride / 4: 2 on P3-P7 (released), 1 when the finest
+                level is P2. The output is always on the stride-4 grid.
+        """
         super().__init__()
+        if upsample < 1:
+            raise ValueError(f"LevelnessHead: upsample must be >= 1, got {upsample}")
         self.levelness = nn.Conv2d(in_channels * num_levels, num_levels + 1, 3, padding=1)
+        self.upsample = int(upsample)
         _init_normal([self.levelness], init_std)
 
     @classmethod
@@ -290,12 +305,32 @@ class LevelnessHead(nn.Module):
             "in_channels": bp.BBOX_TOWER_CHANNELS,
             "num_levels": len(bp.IN_FEATURES),
             "init_std": bp.INIT_STD,
+            "upsample": levelness_upsample(finest_stride(cfg, input_shape)),
         }
 
     def forward(self, bbox_feats: List[torch.Tensor]) -> torch.Tensor:
-        """bbox_feats: per level (N, C, H_l, W_l), finest first -> (N, L+1, 2 H_3, 2 W_3)."""
+        """bbox_feats: per level (N, C, H_l, W_l), finest first -> (N, L+1, H/4, W/4)."""
         h, w = bbox_feats[0].shape[-2:]
-        return fused_conv3x3(self.levelness, bbox_feats, (2 * h, 2 * w))
+        return fused_conv3x3(self.levelness, bbox_feats, (self.upsample * h, self.upsample * w))
+
+
+def finest_stride(cfg, input_shape: Optional[Dict[str, ShapeSpec]] = None) -> int:
+    """Stride of the finest level fed to the head: the backbone's if shapes are given, else
+    ``MODEL.BOX_PANOPTIC.FPN_STRIDES[0]``."""
+    bp = cfg.MODEL.BOX_PANOPTIC
+    if input_shape and bp.IN_FEATURES[0] in input_shape and input_shape[bp.IN_FEATURES[0]].stride:
+        return int(input_shape[bp.IN_FEATURES[0]].stride)
+    return int(bp.FPN_STRIDES[0])
+
+
+def levelness_upsample(stride: int) -> int:
+    """Factor from the finest level (stride 4 or a multiple) to the stride-4 levelness grid."""
+    if stride < 4 or stride % 4:
+        raise ValueError(
+            f"BoxPanoptic: the finest head level must have stride 4 or a multiple of 4 (the "
+            f"levelness and mask grid is stride 4), got {stride}"
+        )
+    return stride // 4
 
 
 def build_box_panoptic_head(cfg, input_shape: Dict[str, ShapeSpec]):

@@ -54,6 +54,7 @@ class BoxPanopticCriterion(nn.Module):
     and optional "crowd_mask" (H, W) bool. Targets come from :func:`~.targets.batch_targets`."""
 
     LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr", "loss_sem_seg", "loss_levelness", "loss_mask")
+    BOX_LOSS_WEIGHTINGS = ("centerness", "uniform")
 
     @configurable
     def __init__(
@@ -67,6 +68,7 @@ class BoxPanopticCriterion(nn.Module):
         weak_supervision: bool = False,
         mask_loss: bool = False,
         location_term: str = "giou_plus1",
+        box_loss_weighting: str = "centerness",
         loss_weights: Optional[Dict[str, float]] = None,
     ):
         """
@@ -78,6 +80,8 @@ class BoxPanopticCriterion(nn.Module):
             weak_supervision: boxes and semantic labels only (supplementary 3); no mask loss.
             mask_loss: add ``loss_mask`` on the soft masks built from GT boxes (METHOD 3.4).
             location_term: the mask loss's P_loc (``mask_construction.location_term``).
+            box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
+                centerness target) or "uniform" (every positive alike, normalised by positives).
             loss_weights: {loss name: weight}; missing names weigh 1.
         """
         super().__init__()
@@ -98,6 +102,12 @@ class BoxPanopticCriterion(nn.Module):
         self.weak = weak_supervision
         self.mask_loss = mask_loss and not weak_supervision
         self.location_term = location_term
+        if box_loss_weighting not in self.BOX_LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"BoxPanopticCriterion: box_loss_weighting must be one of "
+                f"{self.BOX_LOSS_WEIGHTINGS}, got {box_loss_weighting!r}"
+            )
+        self.box_loss_weighting = box_loss_weighting
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
 
@@ -113,6 +123,7 @@ class BoxPanopticCriterion(nn.Module):
             "weak_supervision": bp.WEAK_SUPERVISION,
             "mask_loss": bp.MASK_LOSS,
             "location_term": bp.LOCATION_TERM,
+            "box_loss_weighting": bp.BOX_LOSS_WEIGHTING,
             "loss_weights": {
                 "loss_cls": bp.LOSS_WEIGHT_CLS,
                 "loss_box": bp.LOSS_WEIGHT_BOX,
@@ -185,9 +196,13 @@ class BoxPanopticCriterion(nn.Module):
             )
 
         giou = giou_loss(to_box(reg[pos]), to_box(t.ltrb[pos]), reduction="none")
+        if self.box_loss_weighting == "uniform":
+            loss_box = giou.sum() / num_pos
+        else:
+            loss_box = (giou * ctr_t).sum() / ctr_norm
         return {
             "loss_cls": loss_cls,
-            "loss_box": (giou * ctr_t).sum() / ctr_norm,
+            "loss_box": loss_box,
             "loss_ctr": F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="sum")
             / num_pos,
         }
