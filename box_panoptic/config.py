@@ -139,6 +139,14 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.LOSS_WEIGHT_MASK = 1.0
     # Optional loss on the constructed soft masks (METHOD §3.4). Off in weak supervision.
     bp.MASK_LOSS = False
+    # Form of the mask loss per instance: "bce" (mean BCE over every stride-4 cell of the image:
+    # a small object's cells are a sliver of that mean) or "dice" (1 - 2 sum(S T) / (sum(S^2) +
+    # sum(T^2)), the same weight for every instance whatever its size; METHOD 3.4's alternative).
+    bp.MASK_LOSS_TYPE = "bce"
+    # The mask loss's gradient also reaches the semantic logits (METHOD 3.4). False: it trains
+    # only the dense box map, and the semantic head learns from its cross-entropy alone (a mask
+    # loss pushing P_sem of a class down on a touching instance of that class fights it).
+    bp.MASK_LOSS_SEMANTIC_GRAD = True
     # Weak supervision (supplementary §3): boxes + semantic labels only, never instance masks;
     # pixel ownership by the smallest box containing it.
     bp.WEAK_SUPERVISION = False

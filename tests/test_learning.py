@@ -371,3 +371,51 @@ def test_oracle_detections_are_the_ground_truth_things_in_input_pixels():
     del record["segments_info"][1]["bbox"]
     with pytest.raises(ValueError, match="a.jpg has segments without 'bbox'"):
         oracle_detections(d, record, output_ids)
+
+
+def test_dice_mask_loss_weighs_small_and_large_instances_alike():
+    from box_panoptic.modeling.losses import dice_loss
+
+    target = torch.zeros(2, 100)
+    target[0, :2] = 1  # a 2-cell object
+    target[1, :50] = 1  # a 50-cell object
+    half = target.clone()
+    half[0, 1] = 0  # each prediction finds half of its object
+    half[1, 25:50] = 0
+    per_instance = [dice_loss(half[i : i + 1], target[i : i + 1]).item() for i in range(2)]
+    # Dice: 1 - 2 * (n/2) / (n/2 + n) = 1/3 for both sizes
+    assert per_instance == pytest.approx([1 / 3, 1 / 3])
+    # mean BCE over all cells: the small object's miss is a sliver of the large one's
+    bce = [torch.nn.functional.binary_cross_entropy(half[i].clamp(1e-4, 1 - 1e-4), target[i])
+           for i in range(2)]
+    assert bce[0] < bce[1] / 20
+    assert dice_loss(target, target).item() == pytest.approx(0.0)
+    # an object that covers no cell of the grid is left out, not counted as a total miss
+    both = torch.cat([half[:1], torch.zeros(1, 100)]), torch.cat([target[:1], torch.zeros(1, 100)])
+    assert dice_loss(*both).item() == pytest.approx(1 / 3)
+    assert dice_loss(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0.0
+
+
+@pytest.mark.parametrize("semantic_grad", [True, False])
+def test_dice_mask_loss_reaches_the_semantic_head_only_if_asked(synthetic_root, semantic_grad):
+    from .helpers import synthetic_batch
+
+    model = get_model(
+        SYNTHETIC_CONFIG,
+        "MODEL.BOX_PANOPTIC.MASK_LOSS",
+        True,
+        "MODEL.BOX_PANOPTIC.MASK_LOSS_TYPE",
+        "dice",
+        "MODEL.BOX_PANOPTIC.MASK_LOSS_SEMANTIC_GRAD",
+        semantic_grad,
+    ).train()
+    loss = model(synthetic_batch(synthetic_root, 2))["loss_mask"]
+    assert 0 < loss.item() < 1
+    loss.backward()
+    sem_grad = model.sem_seg_head.cls_logits.weight.grad
+    reg_grad = model.head.bbox_pred.weight.grad
+    assert reg_grad is not None and reg_grad.abs().sum() > 0  # the dense boxes always learn
+    if semantic_grad:
+        assert sem_grad is not None and sem_grad.abs().sum() > 0
+    else:
+        assert sem_grad is None or sem_grad.abs().sum() == 0

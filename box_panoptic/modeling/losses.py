@@ -17,7 +17,7 @@ from ..data.class_layout import class_layout_from_config
 from .mask_construction import dense_box_map, location_term
 from .targets import BatchTargets, LocationAssignment, batch_targets, centerness_targets
 
-__all__ = ["BoxPanopticCriterion", "assignment_from_config", "reduce_mean"]
+__all__ = ["BoxPanopticCriterion", "assignment_from_config", "dice_loss", "reduce_mean"]
 
 
 def assignment_from_config(cfg) -> LocationAssignment:
@@ -48,6 +48,24 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of 1 - 2 sum(p t) / (sum(p^2) + sum(t^2)) (V-Net's Dice loss).
+
+    Args:
+        pred: (P, M) soft masks in [0, 1]. target: (P, M) binary masks.
+    Returns:
+        a scalar over the rows whose target is not empty (an object too thin to cover a cell of
+        the grid has nothing to match); 0 with a graph if there are none.
+    """
+    keep = target.sum(dim=1) > 0
+    if not keep.any():
+        return pred.sum() * 0
+    pred, target = pred[keep], target[keep]
+    inter = (pred * target).sum(dim=1)
+    denom = (pred * pred).sum(dim=1) + (target * target).sum(dim=1)
+    return (1 - 2 * inter / denom).mean()
+
+
 class BoxPanopticCriterion(nn.Module):
     """Every ``loss_*`` of BoxPanoptic (METHOD 3) from the network outputs and the inputs'
     "instances" (gt_boxes, gt_classes, gt_masks unless weak), "sem_seg" (H, W) (255 = ignore)
@@ -55,6 +73,7 @@ class BoxPanopticCriterion(nn.Module):
 
     LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr", "loss_sem_seg", "loss_levelness", "loss_mask")
     BOX_LOSS_WEIGHTINGS = ("centerness", "uniform")
+    MASK_LOSS_TYPES = ("bce", "dice")
 
     @configurable
     def __init__(
@@ -69,6 +88,8 @@ class BoxPanopticCriterion(nn.Module):
         mask_loss: bool = False,
         location_term: str = "giou_plus1",
         box_loss_weighting: str = "centerness",
+        mask_loss_type: str = "bce",
+        mask_loss_semantic_grad: bool = True,
         loss_weights: Optional[Dict[str, float]] = None,
     ):
         """
@@ -80,6 +101,12 @@ class BoxPanopticCriterion(nn.Module):
             weak_supervision: boxes and semantic labels only (supplementary 3); no mask loss.
             mask_loss: add ``loss_mask`` on the soft masks built from GT boxes (METHOD 3.4).
             location_term: the mask loss's P_loc (``mask_construction.location_term``).
+            mask_loss_type: "bce" (mean over the image's stride-4 cells) or "dice" (per
+                instance, size-independent).
+            mask_loss_semantic_grad: the mask loss's gradient reaches the semantic logits too
+                (METHOD 3.4); False: P_sem is a constant in it, so it trains the dense box map
+                (regressions through the levelness-chosen level) and leaves the semantic head to
+                its cross-entropy.
             box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
                 centerness target) or "uniform" (every positive alike, normalised by positives).
             loss_weights: {loss name: weight}; missing names weigh 1.
@@ -108,6 +135,13 @@ class BoxPanopticCriterion(nn.Module):
                 f"{self.BOX_LOSS_WEIGHTINGS}, got {box_loss_weighting!r}"
             )
         self.box_loss_weighting = box_loss_weighting
+        if mask_loss_type not in self.MASK_LOSS_TYPES:
+            raise ValueError(
+                f"BoxPanopticCriterion: mask_loss_type must be one of {self.MASK_LOSS_TYPES}, "
+                f"got {mask_loss_type!r}"
+            )
+        self.mask_loss_type = mask_loss_type
+        self.mask_loss_semantic_grad = bool(mask_loss_semantic_grad)
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
 
@@ -124,6 +158,8 @@ class BoxPanopticCriterion(nn.Module):
             "mask_loss": bp.MASK_LOSS,
             "location_term": bp.LOCATION_TERM,
             "box_loss_weighting": bp.BOX_LOSS_WEIGHTING,
+            "mask_loss_type": bp.MASK_LOSS_TYPE,
+            "mask_loss_semantic_grad": bp.MASK_LOSS_SEMANTIC_GRAD,
             "loss_weights": {
                 "loss_cls": bp.LOSS_WEIGHT_CLS,
                 "loss_box": bp.LOSS_WEIGHT_BOX,
@@ -208,8 +244,8 @@ class BoxPanopticCriterion(nn.Module):
         }
 
     def _mask_loss(self, out: Dict, t: BatchTargets) -> torch.Tensor:
-        """BCE between S_k built from GT boxes as queries (METHOD 3.4, simpler variant) and the GT
-        masks sampled on the stride-4 grid."""
+        """BCE or Dice (``mask_loss_type``) between S_k built from GT boxes as queries (METHOD
+        3.4, simpler variant) and the GT masks sampled on the stride-4 grid."""
         size4 = tuple(t.levelness.shape[-2:])
         dense = dense_box_map(out["box_reg"], out["levelness"], stride=4)  # (N, 4, h4, w4)
         sem_prob = F.interpolate(
@@ -223,9 +259,14 @@ class BoxPanopticCriterion(nn.Module):
                 continue
             loc = location_term(boxes, dense[i].reshape(4, -1).t(), self.location_term)
             psem = sem_prob[i].reshape(sem_prob.shape[1], -1)[self.thing_ids[classes]]
+            if not self.mask_loss_semantic_grad:  # the mask loss trains the dense boxes only
+                psem = psem.detach()
             s = (loc * psem).clamp(1e-4, 1 - 1e-4)
             target = masks[:, yi.clamp(max=masks.shape[1] - 1), xi.clamp(max=masks.shape[2] - 1)]
-            terms.append(F.binary_cross_entropy(s, target.float()))
+            if self.mask_loss_type == "dice":
+                terms.append(dice_loss(s, target.float()))
+            else:
+                terms.append(F.binary_cross_entropy(s, target.float()))
         if not terms:
             return out["levelness"].sum() * 0
         return torch.stack(terms).mean()
