@@ -94,5 +94,7 @@ def synthetic_batch(root, n: int):
 
     from box_panoptic.data import BoxPanopticDatasetMapper
 
-    mapper = BoxPanopticDatasetMapper(get_cfg_from(SYNTHETIC_CONFIG, *IDENTITY_TRAIN_TRANSFORM), True)
+    mapper = BoxPanopticDatasetMapper(
+        get_cfg_from(SYNTHETIC_CONFIG, *IDENTITY_TRAIN_TRANSFORM), True
+    )
     return [mapper(r) for r in DatasetCatalog.get("synthetic_panoptic_train")[:n]]

@@ -328,8 +328,9 @@ def test_uniform_box_loss_weighting_counts_edge_locations_alike(synthetic_root):
             p = t.points[None].expand(n, -1, -1)[pos]
 
             def box(d):
-                return torch.stack([p[:, 0] - d[:, 0], p[:, 1] - d[:, 1], p[:, 0] + d[:, 2],
-                                    p[:, 1] + d[:, 3]], 1)
+                return torch.stack(
+                    [p[:, 0] - d[:, 0], p[:, 1] - d[:, 1], p[:, 0] + d[:, 2], p[:, 1] + d[:, 3]], 1
+                )
 
             want = giou_loss(box(reg[pos]), box(t.ltrb[pos]), reduction="sum") / pos.sum()
             torch.testing.assert_close(losses[mode]["loss_box"], want)
@@ -340,37 +341,52 @@ def test_uniform_box_loss_weighting_counts_edge_locations_alike(synthetic_root):
         get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.BOX_LOSS_WEIGHTING", "edges")
 
 
-def test_oracle_detections_are_the_ground_truth_things_in_input_pixels():
-    from box_panoptic.evaluation.sigma_search import oracle_detections
+def test_oracles_put_the_ground_truth_on_the_input_grid():
+    from box_panoptic.evaluation.oracle import GroundTruthImage, apply_oracles
     from box_panoptic.modeling.postprocess import DecodedImage
 
     d = DecodedImage(
         boxes=torch.zeros(3, 4),
         scores=torch.full((3,), 0.2),
         classes=torch.zeros(3, dtype=torch.long),
-        dense=torch.zeros(4, 8, 8),
-        sem_seg_stride8=torch.zeros(5, 4, 4),
-        padded_size=(32, 32),
-        image_size=(32, 32),  # the input: the original 64 x 64 at half size
+        dense=torch.zeros(4, 16, 16),
+        sem_seg_stride8=torch.zeros(4, 8, 8),
+        padded_size=(64, 64),
+        image_size=(32, 32),  # the input: the original 64 x 64 at half size, then padded
         output_size=(64, 64),
     )
+    pan = np.full((64, 64), 1)  # stuff "road" (id 1) everywhere
+    pan[20:40, 10:40] = 2  # a car, box (10, 20, 40, 40)
+    pan[0:8, 0:8] = 3  # a crowd
+    pan[60:, :] = 0  # void
     record = {
         "file_name": "a.jpg",
         "segments_info": [
-            {"id": 1, "category_id": 0, "isthing": False, "bbox": [0, 0, 64, 64]},
-            {"id": 2, "category_id": 7, "isthing": True, "bbox": [10, 20, 30, 10]},
-            {"id": 3, "category_id": 9, "isthing": True, "bbox": [0, 0, 8, 8], "iscrowd": 1},
-            {"id": 4, "category_id": 9, "isthing": True, "bbox": [40, 2, 4, 6]},
+            {"id": 1, "category_id": 5, "isthing": False, "bbox": [0, 0, 64, 60]},
+            {"id": 2, "category_id": 7, "isthing": True, "bbox": [10, 20, 30, 20]},
+            {"id": 3, "category_id": 7, "isthing": True, "bbox": [0, 0, 8, 8], "iscrowd": 1},
         ],
     }
-    output_ids = [0, 1, 7, 9, 4]  # semantic index -> dataset contiguous id
-    o = oracle_detections(d, record, output_ids)
-    torch.testing.assert_close(o.boxes, torch.tensor([[5.0, 10, 20, 15], [20, 1, 22, 4]]))
-    assert o.classes.tolist() == [2, 3] and o.scores.tolist() == [1.0, 1.0]
-    assert o.dense is d.dense and o.sem_seg_stride8 is d.sem_seg_stride8  # masks untouched
+    semantic_of = {5: 0, 7: 2}
+    gt = GroundTruthImage(pan, record, semantic_of, d.image_size, d.padded_size)
+    o = apply_oracles(d, gt, ["boxes"])
+    torch.testing.assert_close(o.boxes, torch.tensor([[5.0, 10, 20, 20]]))  # input pixels
+    assert o.classes.tolist() == [2] and o.scores.tolist() == [1.0]
+    assert o.dense is d.dense and o.sem_seg_stride8 is d.sem_seg_stride8
+    o = apply_oracles(d, gt, ["semantics", "dense"])
+    assert o.boxes is d.boxes
+    sem = o.sem_seg_stride8.argmax(dim=0)  # 8 x 8 cells of 8 input pixels
+    assert sem[1, 1].item() == 2  # input (8..16, 8..16) lies on the car (10..20 x 5..20)
+    assert sem[0, 3].item() == 0 and sem[6, 6].item() == 0  # road; padding: no label, uniform
+    assert torch.allclose(o.sem_seg_stride8[:, 6, 6], o.sem_seg_stride8[0, 6, 6])
+    # stride-4 cell (row 3, col 2) has its centre at input (10, 14), on the car
+    torch.testing.assert_close(o.dense[:, 3, 2], torch.tensor([5.0, 10, 20, 20]))
+    torch.testing.assert_close(o.dense[:, 0, 5], torch.tensor([22.0, 2, 22, 2]))  # a point
+    with pytest.raises(ValueError, match="unknown parts"):
+        apply_oracles(d, gt, ["masks"])
     del record["segments_info"][1]["bbox"]
     with pytest.raises(ValueError, match="a.jpg has segments without 'bbox'"):
-        oracle_detections(d, record, output_ids)
+        GroundTruthImage(pan, record, semantic_of, d.image_size, d.padded_size)
 
 
 def test_dice_mask_loss_weighs_small_and_large_instances_alike():
@@ -386,8 +402,10 @@ def test_dice_mask_loss_weighs_small_and_large_instances_alike():
     # Dice: 1 - 2 * (n/2) / (n/2 + n) = 1/3 for both sizes
     assert per_instance == pytest.approx([1 / 3, 1 / 3])
     # mean BCE over all cells: the small object's miss is a sliver of the large one's
-    bce = [torch.nn.functional.binary_cross_entropy(half[i].clamp(1e-4, 1 - 1e-4), target[i])
-           for i in range(2)]
+    bce = [
+        torch.nn.functional.binary_cross_entropy(half[i].clamp(1e-4, 1 - 1e-4), target[i])
+        for i in range(2)
+    ]
     assert bce[0] < bce[1] / 20
     assert dice_loss(target, target).item() == pytest.approx(0.0)
     # an object that covers no cell of the grid is left out, not counted as a total miss

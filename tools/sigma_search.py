@@ -9,6 +9,9 @@ The network runs once per validation image and its decoded outputs are cached (`
 reused when the model and config are the same, refused otherwise). Each grid point re-runs only
 mask construction and assembly. Prints PQ / PQ_th / PQ_st per point, the best point, and how much
 faster the cached sweep is than re-running the network at every grid point.
+
+``--oracle boxes [semantics] [dense]`` replaces those parts of the cached outputs by the ground
+truth (box_panoptic.evaluation.oracle): the gaps between runs say what each learned part costs.
 """
 
 import argparse
@@ -30,6 +33,7 @@ from detectron2.data import (  # noqa: E402
 
 from box_panoptic.data import BoxPanopticDatasetMapper  # noqa: E402
 from box_panoptic.engine import build_eval_model, setup_for_tool  # noqa: E402
+from box_panoptic.evaluation.oracle import ORACLE_PARTS  # noqa: E402
 from box_panoptic.evaluation.sigma_search import (  # noqa: E402
     build_cache,
     model_fingerprint,
@@ -47,10 +51,13 @@ def main(argv=None):
     p.add_argument("--score-threshs", type=float, nargs="*", default=[0.3])
     p.add_argument("--dataset", default=None, help="default: the first of DATASETS.TEST")
     p.add_argument(
-        "--oracle-boxes",
-        action="store_true",
-        help="replace the detections by the ground-truth boxes and classes: the PQ the masks "
-        "(dense boxes, levelness, semantics) reach with perfect detections",
+        "--oracle",
+        nargs="+",
+        default=[],
+        choices=ORACLE_PARTS,
+        help="replace these parts of the network's outputs by the ground truth: 'boxes' (the "
+        "detections), 'semantics' (the semantic logits), 'dense' (the dense box map); e.g. "
+        "'--oracle boxes' gives the PQ the masks reach with perfect detections",
     )
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     a = p.parse_args(argv)
@@ -76,7 +83,7 @@ def main(argv=None):
         MetadataCatalog.get(name),
         a.sigmas,
         a.score_threshs,
-        oracle_boxes=a.oracle_boxes,
+        oracle=a.oracle,
     )
     print(f"{'sigma':>7}{'score':>7}{'PQ':>8}{'PQ_th':>8}{'PQ_st':>8}{'s':>7}")
     for r in rows:

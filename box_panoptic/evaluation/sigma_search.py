@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from ..modeling.meta_arch import output_sizes
+from .oracle import GroundTruthImage, apply_oracles
 from .panoptic_quality import PQStat, pq_image, summarize
 
-__all__ = ["CacheMismatchError", "model_fingerprint", "build_cache", "oracle_detections", "sweep"]
+__all__ = ["CacheMismatchError", "model_fingerprint", "build_cache", "sweep"]
 
 
 class CacheMismatchError(ValueError):
@@ -53,35 +54,6 @@ def build_cache(model, data_loader, fingerprint: str) -> Dict:
     }
 
 
-def oracle_detections(decoded, record: Dict, output_ids: Sequence[int]):
-    """``decoded`` with its detections replaced by the record's ground-truth things (non-crowd),
-    score 1: what mask construction and assembly make of perfect boxes and classes.
-
-    Args:
-        decoded: a :class:`~box_panoptic.modeling.postprocess.DecodedImage`.
-        record: the image's detectron2 dict; its ``segments_info`` carry COCO ``bbox`` (x, y, w,
-            h, original pixels) and contiguous ``category_id``.
-        output_ids: the dataset contiguous id of each semantic class
-            (``postprocessor.output_category_ids``).
-    """
-    semantic_of = {int(c): i for i, c in enumerate(output_ids)}
-    things = [s for s in record["segments_info"] if s["isthing"] and not s.get("iscrowd", 0)]
-    if any("bbox" not in s for s in things):
-        raise ValueError(f"oracle boxes: {record['file_name']} has segments without 'bbox'")
-    (ih, iw), (oh, ow) = decoded.image_size, decoded.output_size
-    scale = torch.tensor([iw / ow, ih / oh, iw / ow, ih / oh])
-    boxes = torch.tensor(
-        [[x, y, x + w, y + h] for x, y, w, h in (s["bbox"] for s in things)], dtype=torch.float32
-    ).reshape(-1, 4)
-    classes = torch.tensor([semantic_of[int(s["category_id"])] for s in things], dtype=torch.long)
-    device = decoded.boxes.device
-    return decoded.replace(
-        boxes=(boxes * scale).to(device),
-        scores=torch.ones(len(things), device=device),
-        classes=classes.to(device),
-    )
-
-
 def _to_dataset_segments(segments, meta) -> List[Dict]:
     thing = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     stuff = {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}
@@ -99,7 +71,7 @@ def sweep(
     meta,
     sigmas: Sequence[float],
     score_threshs: Sequence[float],
-    oracle_boxes: bool = False,
+    oracle: Sequence[str] = (),
 ) -> List[Dict]:
     """PQ / PQ_th / PQ_st for every (sigma, score threshold) of the grid.
 
@@ -128,6 +100,8 @@ def sweep(
     }
     gt = {}
     by_id = {r["image_id"]: r for r in records}
+    output_ids = model.postprocessor.output_category_ids or range(len(to_dataset))
+    semantic_of = {int(c): i for i, c in enumerate(output_ids)}
     for r in records:
         c = np.asarray(Image.open(r["pan_seg_file_name"]).convert("RGB"), dtype=np.uint32)
         segs = [dict(s, category_id=to_dataset[s["category_id"]]) for s in r["segments_info"]]
@@ -138,9 +112,15 @@ def sweep(
         stat = PQStat()
         for item in cache["items"]:
             d = item["decoded"].to(model.device)
-            if oracle_boxes:
-                ids = model.postprocessor.output_category_ids or range(len(to_dataset))
-                d = oracle_detections(d, by_id[item["image_id"]], ids)
+            if oracle:
+                truth = GroundTruthImage(
+                    gt[item["image_id"]][0],
+                    by_id[item["image_id"]],
+                    semantic_of,
+                    d.image_size,
+                    d.padded_size,
+                )
+                d = apply_oracles(d, truth, oracle)
             pan, segments = model.postprocessor.postprocess(d, sigma, tau)["panoptic_seg"]
             gt_ids, gt_segs = gt[item["image_id"]]
             stat.add(
