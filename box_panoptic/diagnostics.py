@@ -37,6 +37,7 @@ class DetectorDiagnosis:
     found: Dict[str, List[int]] = field(default_factory=dict)  # bucket -> [thresh, any, total]
     found_right_class: Dict[str, int] = field(default_factory=dict)
     positives_per_level: List[int] = field(default_factory=list)
+    level_names: List[str] = field(default_factory=list)  # "P3", ... from the strides
     objects_without_positive: int = 0
     objects: int = 0
     images: int = 0
@@ -60,7 +61,10 @@ class DetectorDiagnosis:
         per_image = [p / max(self.images, 1) for p in self.positives_per_level]
         lines.append(
             "  positives per image by level: "
-            + ", ".join(f"P{3 + i} {p:.1f}" for i, p in enumerate(per_image))
+            + ", ".join(
+                f"{name} {p:.1f}"
+                for name, p in zip(self.level_names or [f"L{i}" for i in range(99)], per_image)
+            )
         )
         lines.append(f"  objects without any positive location: {self.objects_without_positive}")
         if self.matched_scores:
@@ -87,7 +91,10 @@ def diagnose_detector(
 ) -> DetectorDiagnosis:
     """``mapped``: training-mapper outputs (with "instances" holding gt_masks) at test size;
     ``assignment``: the training assignment of positives."""
-    d = DetectorDiagnosis(positives_per_level=[0] * len(model.strides))
+    d = DetectorDiagnosis(
+        positives_per_level=[0] * len(model.strides),
+        level_names=[f"P{int(s).bit_length() - 1}" for s in model.strides],  # stride 2^k: Pk
+    )
     d.found = {name: [0, 0, 0] for name, _, _ in SIZE_BUCKETS}
     d.found_right_class = {name: 0 for name, _, _ in SIZE_BUCKETS}
     out_ids = model.output_category_ids

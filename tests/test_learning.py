@@ -91,8 +91,8 @@ def test_regression_in_stride_units_scales_each_level_by_its_stride():
 
 
 def test_reg_stride_units_key_builds_the_head():
-    model = get_model(SYNTHETIC_CONFIG)  # the synthetic config's recipe
-    assert model.head.log_units == [float(np.log(s)) for s in (8, 16, 32, 64, 128)]
+    model = get_model(SYNTHETIC_CONFIG)  # the synthetic config's recipe (P2-P6)
+    assert model.head.log_units == [float(np.log(s)) for s in (4, 8, 16, 32, 64)]
     released = get_model(
         CITYSCAPES_CONFIG, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64
     )
@@ -238,8 +238,21 @@ def test_detector_diagnosis_counts_the_objects_and_their_positives(synthetic_roo
     assert sum(d.positives_per_level) > d.objects - d.objects_without_positive >= 0
     assert sum(v[2] for v in d.found.values()) == d.objects  # every object in one size bucket
     assert "objects without any positive location" in d.report()
+    assert "by level: P2 " in d.report() and ", P6 " in d.report()  # the config's P2-P6
 
 
+P3_P7 = (
+    "MODEL.RESNETS.OUT_FEATURES",
+    ["res3", "res4", "res5"],
+    "MODEL.FPN.IN_FEATURES",
+    ["res3", "res4", "res5"],
+    "MODEL.BOX_PANOPTIC.IN_FEATURES",
+    ["p3", "p4", "p5", "p6", "p7"],
+    "MODEL.BOX_PANOPTIC.FPN_STRIDES",
+    [8, 16, 32, 64, 128],
+    "MODEL.BOX_PANOPTIC.SIZES_OF_INTEREST",
+    [16, 32, 64, 128],
+)
 P2_P6 = (
     "MODEL.RESNETS.OUT_FEATURES",
     ["res2", "res3", "res4", "res5"],
@@ -281,7 +294,8 @@ def test_head_on_p2_to_p6_keeps_the_stride4_grid_and_trains(synthetic_root):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)  # every parameter takes part (DDP-safe)
     # the released layout is untouched: P3-P7, levelness upsampled 2x, P7 conv present
-    released = get_model(SYNTHETIC_CONFIG)
+    released = get_model(SYNTHETIC_CONFIG, *P3_P7)
+    assert released.strides == [8, 16, 32, 64, 128]
     assert released.levelness_head.upsample == 2
     assert any("top_block.p7" in k for k, _ in released.backbone.named_parameters())
 
@@ -437,3 +451,20 @@ def test_dice_mask_loss_reaches_the_semantic_head_only_if_asked(synthetic_root, 
         assert sem_grad is not None and sem_grad.abs().sum() > 0
     else:
         assert sem_grad is None or sem_grad.abs().sum() == 0
+
+
+def test_panoptic_fpn_peer_anchors_do_not_depend_on_the_head_levels():
+    from box_panoptic.engine.peer import object_scale
+
+    from .helpers import get_cfg_from
+
+    p2 = get_cfg_from(SYNTHETIC_CONFIG).MODEL.BOX_PANOPTIC  # P2-P6, [8, 16, 32, 64]
+    assert list(p2.FPN_STRIDES) == [4, 8, 16, 32, 64]
+    p3 = get_cfg_from(SYNTHETIC_CONFIG, *P3_P7).MODEL.BOX_PANOPTIC
+    # both give Panoptic FPN anchors of 8 ... 128 px at these image sizes
+    assert object_scale(p2) == object_scale(p3) == 0.25
+    released = get_cfg_from(CITYSCAPES_CONFIG).MODEL.BOX_PANOPTIC
+    assert object_scale(released) == 1.0  # FCOS's own boundaries: anchors 32 ... 512
+    p3.FPN_STRIDES = [16, 32, 64, 128, 256]
+    with pytest.raises(ValueError, match="needs a stride-8 level"):
+        object_scale(p3)

@@ -321,7 +321,7 @@ def test_explicit_construction_without_cfg():
     """Other projects can build the meta-architecture, its post-processor and its criterion
     from modules and arguments (no cfg), and train it."""
     ref = get_model()
-    strides = [8, 16, 32, 64, 128]
+    strides = [4, 8, 16, 32, 64]  # the synthetic config's P2-P6
     model = BoxPanoptic(
         backbone=ref.backbone,
         head=ref.head,
@@ -333,7 +333,7 @@ def test_explicit_construction_without_cfg():
         criterion=BoxPanopticCriterion(
             strides=strides,
             thing_semantic_ids=[0, 1, 2],
-            assignment=LocationAssignment.from_settings([16, 32, 64, 128], 5, "instance"),
+            assignment=LocationAssignment.from_settings([8, 16, 32, 64], 5, "instance"),
             loss_weights={"loss_levelness": 0.5},
         ),
         in_features=ref.in_features,

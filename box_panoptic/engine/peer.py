@@ -31,6 +31,19 @@ from .trainer import Trainer
 __all__ = ["PanopticFPNOnLayout", "PanopticFPNTrainer", "panoptic_fpn_config"]
 
 
+def object_scale(bp) -> float:
+    """How the config's objects compare with FCOS's (the P3 / P4 boundary at 64 px): the
+    size-of-interest boundary above the stride-8 level over 64. The same whichever level the
+    head starts at (P3-P7 with [16, 32, ...] or P2-P6 with [8, 16, ...] give 0.25)."""
+    strides = [int(s) for s in bp.FPN_STRIDES]
+    if 8 not in strides or strides.index(8) >= len(bp.SIZES_OF_INTEREST):
+        raise ValueError(
+            f"Panoptic FPN peer: needs a stride-8 level below the coarsest in FPN_STRIDES "
+            f"{strides} to scale its anchors"
+        )
+    return float(bp.SIZES_OF_INTEREST[strides.index(8)]) / 64.0
+
+
 def panoptic_fpn_config(box_cfg):
     """A Panoptic FPN config with the backbone, input, solver, data and seed of ``box_cfg``."""
     layout = class_layout_from_config(box_cfg)
@@ -50,7 +63,7 @@ def panoptic_fpn_config(box_cfg):
     m.ROI_BOX_HEAD.NORM = m.ROI_MASK_HEAD.NORM = m.SEM_SEG_HEAD.NORM = "GN"
     m.ROI_HEADS.NUM_CLASSES = layout.num_thing_classes
     m.SEM_SEG_HEAD.NUM_CLASSES = layout.num_classes - layout.num_thing_classes + 1
-    scale = b.BOX_PANOPTIC.SIZES_OF_INTEREST[0] / 64.0
+    scale = object_scale(b.BOX_PANOPTIC)
     m.ANCHOR_GENERATOR.SIZES = [[s * scale] for s in (32, 64, 128, 256, 512)]
     cfg.INPUT = box_cfg.INPUT.clone()
     cfg.INPUT.MASK_FORMAT = "bitmask"

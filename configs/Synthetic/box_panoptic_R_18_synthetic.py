@@ -11,6 +11,8 @@ import torch
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.solver import WarmupParamScheduler, get_default_optimizer_params
 
 from box_panoptic.lazy_config import set_class_layout
@@ -21,17 +23,22 @@ from ..common.models.box_panoptic import model
 TRAIN, TEST = "synthetic_panoptic_train", "synthetic_panoptic_val"
 OUTPUT = "output/synthetic_lazy"
 
-# ---- model: R-18 GN from scratch, FPN 64, the synthetic yaml's towers and training recipe
+# ---- model: R-18 GN from scratch, FPN 64 on P2-P6, the synthetic yaml's towers and recipe
+STRIDES = [4, 8, 16, 32, 64]  # P2..P6
+model.backbone.bottom_up.out_features = ["res2", "res3", "res4", "res5"]
+model.backbone.in_features = ["res2", "res3", "res4", "res5"]
+model.backbone.top_block = L(LastLevelMaxPool)()  # P6 by max pool of P5, no P7
+model.head.input_shape = [L(ShapeSpec)(channels=64, stride=s) for s in STRIDES]
+model.postprocessor.strides = STRIDES
+model.criterion.strides = STRIDES
+model.levelness_head.upsample = 1  # P2 is already on the stride-4 grid
+model.in_features = ["p2", "p3", "p4", "p5", "p6"]
 model.backbone.bottom_up.stem.norm = "GN"
 model.backbone.bottom_up.stages.depth = 18
 model.backbone.bottom_up.stages.pop("stride_in_1x1")  # basic blocks have no 1x1
 model.backbone.bottom_up.stages.norm = "GN"
 model.backbone.bottom_up.freeze_at = 0
 model.backbone.out_channels = 64
-model.backbone.top_block.in_channels = 64
-model.backbone.top_block.out_channels = 64
-for shape in model.head.input_shape:
-    shape.channels = 64
 model.head.cls_channels = 64
 model.head.bbox_channels = 64
 model.head.cls_gn_groups = 8
@@ -39,7 +46,7 @@ model.head.bbox_gn_groups = 8
 model.head.reg_stride_units = True
 model.sem_seg_head.in_channels = 64
 model.levelness_head.in_channels = 64
-model.criterion.assignment.sizes_of_interest = [16, 32, 64, 128]
+model.criterion.assignment.sizes_of_interest = [8, 16, 32, 64]
 model.criterion.assignment.level_assignment = "instance"
 model.postprocessor.stuff_area_min = 64
 model.postprocessor.det_score_thresh = 0.1
