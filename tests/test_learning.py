@@ -207,7 +207,8 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
     SafeCheckpointer(strided, save_dir=str(tmp_path)).save("m")
     path = str(tmp_path / "m.pth")
     assert torch.load(path, weights_only=False)["model_settings"] == {
-        "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS": True
+        "MODEL.BOX_PANOPTIC.FPN_STRIDES": [4, 8, 16, 32, 64],
+        "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS": True,
     }
     SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(path)  # same units: fine
     pixels = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", False)
@@ -215,6 +216,10 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
         SafeCheckpointer(pixels).load(path)
     torch.save({"model": strided.state_dict()}, tmp_path / "old.pth")
     SafeCheckpointer(pixels).load(str(tmp_path / "old.pth"))  # no record: loads
+    # weights of a head on P3-P7 are refused by a model on P2-P6, naming the levels
+    SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7), save_dir=str(tmp_path)).save("p3")
+    with pytest.raises(SettingsMismatchError, match=r"FPN_STRIDES = \[8, 16, 32, 64, 128\]"):
+        SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(str(tmp_path / "p3.pth"))
 
 
 def test_detector_diagnosis_counts_the_objects_and_their_positives(synthetic_root):

@@ -117,8 +117,11 @@ class BoxPanoptic(nn.Module):
     def checkpoint_settings(self) -> Dict:
         """Settings that change what the weights mean, saved with every checkpoint and checked
         on load (:mod:`box_panoptic.checkpoint`)."""
+        settings = {"MODEL.BOX_PANOPTIC.FPN_STRIDES": [int(s) for s in self.strides]}
         units = getattr(self.head, "log_units", None)
-        return {} if units is None else {"MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS": any(units)}
+        if units is not None:
+            settings["MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS"] = any(units)
+        return settings
 
     # ---------------------------------------------------------------------------------------------
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
