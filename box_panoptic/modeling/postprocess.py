@@ -49,7 +49,8 @@ class DecodedImage:
         boxes: (D, 4) XYXY detections in input (resized) pixels; scores: (D,);
         classes: (D,) semantic class index of each detection.
         dense: (4, h4, w4) levelness-chosen dense boxes, or (L, 4, h4, w4) every level's.
-        sem_seg_stride8: (C, h8, w8) semantic logits.
+        sem_seg_stride8: (C, h8, w8) semantic logits on the semantic head's grid (stride 8 on
+            P3-P7, the name's; stride 4 when the head starts at P2).
         padded_size, image_size: the network input, padded and unpadded (H, W);
         output_size: the (height, width) outputs are reported at.
     """
