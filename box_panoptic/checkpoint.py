@@ -5,9 +5,11 @@
   is ``last_checkpoint`` replaced (also by rename). A run killed at any moment leaves the previous
   checkpoint and tag intact, never a file that loads but is truncated.
 * loading refuses a checkpoint holding NaN or inf, naming the first such tensor;
-* a model with ``checkpoint_settings()`` (BoxPanoptic: the box regression's units) has them
-  saved beside its weights, and loading them into a model built with other settings is refused
-  (the weights would load and silently mean something else).
+* a model with ``checkpoint_settings()`` (BoxPanoptic: the box regression's units and the head's
+  level strides) has them saved beside its weights, and loading them into a model built with
+  other settings is refused (the weights would load, some skipped, and silently mean something
+  else). A box_panoptic checkpoint saved before a setting was recorded counts as having that
+  setting's value of the time (:data:`SETTINGS_BEFORE_RECORDED`).
 """
 
 import os
@@ -27,6 +29,11 @@ class NonFiniteWeightsError(ValueError):
 
 class SettingsMismatchError(ValueError):
     """A checkpoint was trained with model settings other than the model's."""
+
+
+# What every box_panoptic checkpoint had before the setting was saved with it: the head on
+# P3-P7 (the only layout until the P2 option).
+SETTINGS_BEFORE_RECORDED = {"MODEL.BOX_PANOPTIC.FPN_STRIDES": [8, 16, 32, 64, 128]}
 
 
 def _settings(model) -> dict:
@@ -65,6 +72,8 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         saved, mine = checkpoint.get("model_settings") or {}, _settings(self.model)
+        if saved:  # a box_panoptic checkpoint: settings it predates had their values of the time
+            saved = {**SETTINGS_BEFORE_RECORDED, **saved}
         for key in sorted(set(saved) & set(mine)):
             if saved[key] != mine[key]:
                 raise SettingsMismatchError(

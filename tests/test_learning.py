@@ -220,6 +220,14 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
     SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7), save_dir=str(tmp_path)).save("p3")
     with pytest.raises(SettingsMismatchError, match=r"FPN_STRIDES = \[8, 16, 32, 64, 128\]"):
         SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(str(tmp_path / "p3.pth"))
+    # a box_panoptic checkpoint from before the strides were recorded was a P3-P7 head: an
+    # earlier `make synthetic` output resumed by today's P2-P6 config is refused, not half-loaded
+    legacy = torch.load(str(tmp_path / "p3.pth"), weights_only=False)
+    del legacy["model_settings"]["MODEL.BOX_PANOPTIC.FPN_STRIDES"]
+    torch.save(legacy, tmp_path / "legacy.pth")
+    with pytest.raises(SettingsMismatchError, match="FPN_STRIDES"):
+        SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(str(tmp_path / "legacy.pth"))
+    SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7)).load(str(tmp_path / "legacy.pth"))
 
 
 def test_detector_diagnosis_counts_the_objects_and_their_positives(synthetic_root):
