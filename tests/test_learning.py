@@ -254,30 +254,26 @@ def test_detector_diagnosis_counts_the_objects_and_their_positives(synthetic_roo
     assert "by level: P2 " in d.report() and ", P6 " in d.report()  # the config's P2-P6
 
 
-P3_P7 = (
-    "MODEL.RESNETS.OUT_FEATURES",
-    ["res3", "res4", "res5"],
-    "MODEL.FPN.IN_FEATURES",
-    ["res3", "res4", "res5"],
-    "MODEL.BOX_PANOPTIC.IN_FEATURES",
-    ["p3", "p4", "p5", "p6", "p7"],
-    "MODEL.BOX_PANOPTIC.FPN_STRIDES",
-    [8, 16, 32, 64, 128],
-    "MODEL.BOX_PANOPTIC.SIZES_OF_INTEREST",
-    [16, 32, 64, 128],
-)
-P2_P6 = (
-    "MODEL.RESNETS.OUT_FEATURES",
-    ["res2", "res3", "res4", "res5"],
-    "MODEL.FPN.IN_FEATURES",
-    ["res2", "res3", "res4", "res5"],
-    "MODEL.BOX_PANOPTIC.IN_FEATURES",
-    ["p2", "p3", "p4", "p5", "p6"],
-    "MODEL.BOX_PANOPTIC.FPN_STRIDES",
-    [4, 8, 16, 32, 64],
-    "MODEL.BOX_PANOPTIC.SIZES_OF_INTEREST",
-    [8, 16, 32, 64],
-)
+def _head_levels(finest: int):
+    """Config overrides putting the dense head on P<finest> .. P<finest + 4> (5 levels), the
+    backbone giving res<finest> .. res5 and the size-of-interest boundaries at 2^(finest + 1)
+    .. 2^(finest + 4) (the synthetic config's scale: [16, 32, 64, 128] on P3-P7)."""
+    res = [f"res{i}" for i in range(finest, 6)]
+    return (
+        "MODEL.RESNETS.OUT_FEATURES",
+        res,
+        "MODEL.FPN.IN_FEATURES",
+        res,
+        "MODEL.BOX_PANOPTIC.IN_FEATURES",
+        [f"p{i}" for i in range(finest, finest + 5)],
+        "MODEL.BOX_PANOPTIC.FPN_STRIDES",
+        [2**i for i in range(finest, finest + 5)],
+        "MODEL.BOX_PANOPTIC.SIZES_OF_INTEREST",
+        [2 ** (i + 1) for i in range(finest, finest + 4)],
+    )
+
+
+P3_P7, P2_P6 = _head_levels(3), _head_levels(2)
 
 
 def test_head_on_p2_to_p6_keeps_the_stride4_grid_and_trains(synthetic_root):
@@ -411,6 +407,13 @@ def test_oracles_put_the_ground_truth_on_the_input_grid():
     torch.testing.assert_close(o.dense[:, 0, 5], torch.tensor([22.0, 2, 22, 2]))  # a point
     with pytest.raises(ValueError, match="unknown parts"):
         apply_oracles(d, gt, ["masks"])
+    # an image without things: no detections, every cell a point, the stuff still labelled
+    stuff_only = dict(record, segments_info=record["segments_info"][:1])
+    empty = GroundTruthImage(np.where(pan == 1, 1, 0), stuff_only, semantic_of, (32, 32), (64, 64))
+    o = apply_oracles(d, empty, ["boxes", "semantics", "dense"])
+    assert o.boxes.shape == (0, 4) and o.classes.numel() == 0
+    torch.testing.assert_close(o.dense[:, 3, 2], torch.tensor([10.0, 14, 10, 14]))
+    assert o.sem_seg_stride8[:, 1, 1].argmax().item() == 0
     del record["segments_info"][1]["bbox"]
     with pytest.raises(ValueError, match="a.jpg has segments without 'bbox'"):
         GroundTruthImage(pan, record, semantic_of, d.image_size, d.padded_size)

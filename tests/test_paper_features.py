@@ -20,7 +20,14 @@ from box_panoptic.modeling.mask_construction import (
     soft_masks,
 )
 
-from .helpers import CONFIGS, IDENTITY_TRAIN_TRANSFORM, SYNTHETIC_CONFIG, get_cfg_from, get_model
+from .helpers import (
+    CONFIGS,
+    IDENTITY_TRAIN_TRANSFORM,
+    SYNTHETIC_CONFIG,
+    get_cfg_from,
+    get_model,
+    sgd_with_warmup,
+)
 
 WEAK_CONFIG = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthetic_weak.yaml")
 
@@ -91,10 +98,7 @@ def test_weak_training_reduces_loss(synthetic_root):
     model = get_model(WEAK_CONFIG).train()
     mapper = BoxPanopticDatasetMapper(cfg, True)
     data = [mapper(r) for r in DatasetCatalog.get("synthetic_panoptic_train")[:4]]
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    # a short linear warm-up, as every config's schedule has (from scratch, the P2 level's
-    # first steps at the full LR overshoot)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 5))
+    opt, warmup = sgd_with_warmup(model)
     totals = []
     with EventStorage():
         for _ in range(30):
@@ -129,6 +133,15 @@ def test_sigma_sweep_matches_direct_evaluation_and_refuses_bad_input(synthetic_r
         cached = [model.postprocessor.postprocess(c["decoded"]) for c in cache["items"]]
         for a, b in zip(direct, cached):
             assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
+    # the oracle decomposition: the ground truth's boxes, semantics and dense boxes together
+    # make near-perfect things from a random model's outputs; each run keeps the grid
+    oracle = sweep(model, cache, "fp-A", records, meta, [0.3, 0.5], [0.1], ["boxes"])
+    full = sweep(model, cache, "fp-A", records, meta, [0.3], [0.1], ["boxes", "semantics", "dense"])
+    assert [r["sigma"] for r in oracle] == [0.3, 0.5]
+    assert full[0]["PQ_th"] > 50 > rows[0]["PQ_th"]
+    assert full[0]["PQ_th"] > oracle[0]["PQ_th"]
+    with pytest.raises(ValueError, match="unknown parts"):
+        sweep(model, cache, "fp-A", records, meta, [0.3], [0.1], ["masks"])
     with pytest.raises(ValueError, match="grid is empty"):
         sweep(model, cache, "fp-A", records, meta, [], [0.1])
     with pytest.raises(CacheMismatchError, match="another model"):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "ORACLE_PARTS",
+    "apply_oracles",
     "oracle_detections",
     "oracle_semantics",
     "oracle_dense_boxes",
@@ -71,12 +72,17 @@ class GroundTruthImage:
         lut_cls = torch.tensor(
             [self.semantic_of[int(s["category_id"])] for s in self.segments], dtype=torch.long
         )
-        labels = torch.full_like(self.ids, -1)
-        if len(lut_ids):
-            match = self.ids[..., None] == lut_ids  # (Hp, Wp, S)
-            hit = match.any(dim=-1)
-            labels[hit] = lut_cls[match[hit].long().argmax(dim=-1)]
-        return labels
+        index = segment_index(self.ids, lut_ids)
+        return torch.where(index >= 0, lut_cls[index.clamp(min=0)], index)
+
+
+def segment_index(ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    """Position in ``segment_ids`` (S,) of each entry of ``ids`` (any shape), -1 where absent
+    (void, padding, or no segments at all)."""
+    if segment_ids.numel() == 0:
+        return torch.full_like(ids, -1)
+    match = ids[..., None] == segment_ids  # (..., S)
+    return torch.where(match.any(dim=-1), match.long().argmax(dim=-1), torch.full_like(ids, -1))
 
 
 def oracle_detections(decoded, gt: GroundTruthImage):
@@ -110,17 +116,13 @@ def oracle_dense_boxes(decoded, gt: GroundTruthImage):
     xs = (torch.arange(w4) * 4 + 2).clamp(max=gt.ids.shape[1] - 1)
     at_centres = gt.ids[ys][:, xs]  # (h4, w4) segment ids
     thing_ids = torch.tensor([s["id"] for s in gt.things], dtype=torch.long)
-    boxes = gt.thing_boxes()
-    match = at_centres[..., None] == thing_ids  # (h4, w4, G)
-    owned = match.any(dim=-1)
-    owner = match.long().argmax(dim=-1)
+    owner = segment_index(at_centres, thing_ids)  # (h4, w4), -1 off the things
     cy = (torch.arange(h4, dtype=torch.float32) * 4 + 2)[:, None].expand(h4, w4)
     cx = (torch.arange(w4, dtype=torch.float32) * 4 + 2)[None].expand(h4, w4)
     point = torch.stack([cx, cy, cx, cy])  # (4, h4, w4) zero-size boxes
-    if boxes.shape[0]:
-        dense = torch.where(owned[None], boxes[owner].permute(2, 0, 1), point)
-    else:
-        dense = point
+    # a zero box in front of the things' boxes serves the unowned cells (owner -1 -> row 0)
+    boxes = torch.cat([torch.zeros(1, 4), gt.thing_boxes()])
+    dense = torch.where(owner[None] >= 0, boxes[owner + 1].permute(2, 0, 1), point)
     if decoded.dense.dim() == 4:  # every level's boxes (USE_LEVELNESS False): the same on each
         dense = dense[None].expand_as(decoded.dense)
     return decoded.replace(dense=dense.to(decoded.dense.device, decoded.dense.dtype))

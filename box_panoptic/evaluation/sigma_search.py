@@ -106,23 +106,22 @@ def sweep(
         c = np.asarray(Image.open(r["pan_seg_file_name"]).convert("RGB"), dtype=np.uint32)
         segs = [dict(s, category_id=to_dataset[s["category_id"]]) for s in r["segments_info"]]
         gt[r["image_id"]] = (c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2], segs)
+    decoded = []  # (image id, outputs), the oracle parts replaced once for the whole grid
+    for item in cache["items"]:
+        image_id, d = item["image_id"], item["decoded"]
+        if oracle:
+            ids = gt[image_id][0]
+            truth = GroundTruthImage(ids, by_id[image_id], semantic_of, d.image_size, d.padded_size)
+            d = apply_oracles(d, truth, oracle)
+        decoded.append((image_id, d))
     rows = []
     for sigma, tau in itertools.product(sigmas, score_threshs):
         start = time.perf_counter()
         stat = PQStat()
-        for item in cache["items"]:
-            d = item["decoded"].to(model.device)
-            if oracle:
-                truth = GroundTruthImage(
-                    gt[item["image_id"]][0],
-                    by_id[item["image_id"]],
-                    semantic_of,
-                    d.image_size,
-                    d.padded_size,
-                )
-                d = apply_oracles(d, truth, oracle)
+        for image_id, d in decoded:
+            d = d.to(model.device)
             pan, segments = model.postprocessor.postprocess(d, sigma, tau)["panoptic_seg"]
-            gt_ids, gt_segs = gt[item["image_id"]]
+            gt_ids, gt_segs = gt[image_id]
             stat.add(
                 pq_image(
                     gt_ids,
@@ -130,7 +129,7 @@ def sweep(
                     pan.cpu().numpy().astype(np.uint32),
                     _to_dataset_segments(segments, meta),
                     categories,
-                    item["image_id"],
+                    image_id,
                 )
             )
         res = summarize(stat, categories)
