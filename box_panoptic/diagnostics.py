@@ -59,12 +59,10 @@ class DetectorDiagnosis:
                     f"({total} objects)"
                 )
         per_image = [p / max(self.images, 1) for p in self.positives_per_level]
+        names = self.level_names or [f"level {i}" for i in range(len(per_image))]
         lines.append(
             "  positives per image by level: "
-            + ", ".join(
-                f"{name} {p:.1f}"
-                for name, p in zip(self.level_names or [f"L{i}" for i in range(99)], per_image)
-            )
+            + ", ".join(f"{name} {p:.1f}" for name, p in zip(names, per_image))
         )
         lines.append(f"  objects without any positive location: {self.objects_without_positive}")
         if self.matched_scores:

@@ -98,3 +98,14 @@ def synthetic_batch(root, n: int):
         get_cfg_from(SYNTHETIC_CONFIG, *IDENTITY_TRAIN_TRANSFORM), True
     )
     return [mapper(r) for r in DatasetCatalog.get("synthetic_panoptic_train")[:n]]
+
+
+def sgd_with_warmup(model, lr: float = 0.01, warmup_steps: int = 5):
+    """SGD (momentum 0.9) and a linear warm-up over ``warmup_steps`` steps, as every config's
+    schedule has (from scratch, the P2 level's first steps at the full LR overshoot). Call the
+    scheduler's ``step()`` after each optimizer step."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min(1.0, (step + 1) / warmup_steps)
+    )
+    return opt, warmup

@@ -19,7 +19,14 @@ from box_panoptic.modeling.targets import (
     size_ranges,
 )
 
-from .helpers import SYNTHETIC_CONFIG, get_cfg_from, get_model, train_net_command
+from .helpers import (
+    SYNTHETIC_CONFIG,
+    get_cfg_from,
+    get_model,
+    sgd_with_warmup,
+    synthetic_batch,
+    train_net_command,
+)
 
 
 def test_assignment_mask_aware_smallest_box_and_ranges():
@@ -143,11 +150,8 @@ def test_every_worker_joins_the_same_reductions_with_or_without_positives(synthe
 def test_training_reduces_loss(synthetic_root):
     torch.manual_seed(0)
     model = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.MASK_LOSS", True).train()
-    data = _synthetic_inputs(4)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    # a short linear warm-up, as every config's schedule has (from scratch, the P2 level's
-    # first steps at the full LR overshoot)
-    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 5))
+    data = synthetic_batch(synthetic_root, 4)  # no random flip: the same batch every run
+    opt, warmup = sgd_with_warmup(model)
     totals = []
     with EventStorage():
         for _ in range(25):

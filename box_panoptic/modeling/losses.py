@@ -48,6 +48,13 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _one_of(name: str, value: str, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming the argument."""
+    if value not in choices:
+        raise ValueError(f"BoxPanopticCriterion: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def dice_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over rows of 1 - 2 sum(p t) / (sum(p^2) + sum(t^2)) (V-Net's Dice loss).
 
@@ -129,18 +136,10 @@ class BoxPanopticCriterion(nn.Module):
         self.weak = weak_supervision
         self.mask_loss = mask_loss and not weak_supervision
         self.location_term = location_term
-        if box_loss_weighting not in self.BOX_LOSS_WEIGHTINGS:
-            raise ValueError(
-                f"BoxPanopticCriterion: box_loss_weighting must be one of "
-                f"{self.BOX_LOSS_WEIGHTINGS}, got {box_loss_weighting!r}"
-            )
-        self.box_loss_weighting = box_loss_weighting
-        if mask_loss_type not in self.MASK_LOSS_TYPES:
-            raise ValueError(
-                f"BoxPanopticCriterion: mask_loss_type must be one of {self.MASK_LOSS_TYPES}, "
-                f"got {mask_loss_type!r}"
-            )
-        self.mask_loss_type = mask_loss_type
+        self.box_loss_weighting = _one_of(
+            "box_loss_weighting", box_loss_weighting, self.BOX_LOSS_WEIGHTINGS
+        )
+        self.mask_loss_type = _one_of("mask_loss_type", mask_loss_type, self.MASK_LOSS_TYPES)
         self.mask_loss_semantic_grad = bool(mask_loss_semantic_grad)
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
