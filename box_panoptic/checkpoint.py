@@ -9,7 +9,11 @@
   level strides) has them saved beside its weights, and loading them into a model built with
   other settings is refused (the weights would load, some skipped, and silently mean something
   else). A box_panoptic checkpoint saved before a setting was recorded counts as having that
-  setting's value of the time (:data:`SETTINGS_BEFORE_RECORDED`).
+  setting's value of the time (:data:`SETTINGS_BEFORE_RECORDED`);
+* whatever the record says, weights of a box_panoptic head whose FPN levels differ from the
+  model's (``backbone.fpn_*``, ``backbone.top_block.*``, ``head.scales.*``: a P3-P7 head loaded
+  into a P2-P6 model, or the reverse) are refused, naming the parameters that differ. Without
+  this, a checkpoint with no record loads with some parameters skipped and predicts nothing.
 """
 
 import os
@@ -34,6 +38,34 @@ class SettingsMismatchError(ValueError):
 # What every box_panoptic checkpoint had before the setting was saved with it: the head on
 # P3-P7 (the only layout until the P2 option).
 SETTINGS_BEFORE_RECORDED = {"MODEL.BOX_PANOPTIC.FPN_STRIDES": [8, 16, 32, 64, 128]}
+
+
+# the parameters whose names say which FPN levels a model has
+_LEVEL_PARAMS = ("backbone.fpn_", "backbone.top_block.", "head.scales.")
+_HEAD_PARAM = "head.bbox_pred.weight"  # present in every box_panoptic head
+
+
+def _level_params(names) -> set:
+    return {n for n in names if n.startswith(_LEVEL_PARAMS)}
+
+
+def _check_levels(weights: dict, model) -> None:
+    """Refuse box_panoptic head weights (``weights``, a state dict) built on other FPN levels
+    than ``model``'s."""
+    mine = getattr(model, "module", model).state_dict()
+    weights = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in weights.items()}
+    if _HEAD_PARAM not in weights or _HEAD_PARAM not in mine:
+        return  # not a box_panoptic model on both sides: backbone-only or other-model weights
+    theirs, ours = _level_params(weights), _level_params(mine)
+    if theirs != ours:
+        only_theirs = ", ".join(sorted(theirs - ours)) or "-"
+        only_ours = ", ".join(sorted(ours - theirs)) or "-"
+        raise SettingsMismatchError(
+            "the checkpoint's FPN levels differ from the model's: only in the checkpoint: "
+            f"{only_theirs}; only in the model: {only_ours}. Build the model with the levels "
+            "it was trained with (MODEL.FPN.IN_FEATURES, MODEL.BOX_PANOPTIC.IN_FEATURES, "
+            "FPN_STRIDES)"
+        )
 
 
 def _settings(model) -> dict:
@@ -80,6 +112,7 @@ class SafeCheckpointer(DetectionCheckpointer):
                     f"the checkpoint was trained with {key} = {saved[key]!r} but the model is "
                     f"built with {mine[key]!r}: set it in the config to load these weights"
                 )
+        _check_levels(checkpoint.get("model", {}), self.model)
         for key, value in checkpoint.get("model", {}).items():
             if torch.is_tensor(value) and value.is_floating_point():
                 if not torch.isfinite(value).all():

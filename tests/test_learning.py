@@ -228,6 +228,12 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
     with pytest.raises(SettingsMismatchError, match="FPN_STRIDES"):
         SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(str(tmp_path / "legacy.pth"))
     SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7)).load(str(tmp_path / "legacy.pth"))
+    # with no record at all (weights only, or saved before any setting was recorded), the FPN
+    # levels are read off the parameter names: a P3-P7 head's weights still do not half-load
+    torch.save({"model": legacy["model"]}, tmp_path / "bare.pth")
+    with pytest.raises(SettingsMismatchError, match="only in the model: backbone.fpn_lateral2"):
+        SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(str(tmp_path / "bare.pth"))
+    SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7)).load(str(tmp_path / "bare.pth"))
 
 
 def test_detector_diagnosis_counts_the_objects_and_their_positives(synthetic_root):
