@@ -137,6 +137,7 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.LOSS_WEIGHT_SEM = 1.0
     bp.LOSS_WEIGHT_LEVELNESS = 1.0
     bp.LOSS_WEIGHT_MASK = 1.0
+    bp.LOSS_WEIGHT_DENSE_BOX = 1.0
     # Optional loss on the constructed soft masks (METHOD §3.4). Off in weak supervision.
     bp.MASK_LOSS = False
     # Form of the mask loss per instance: "bce" (mean BCE over every stride-4 cell of the image:
@@ -147,6 +148,12 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # only the dense box map, and the semantic head learns from its cross-entropy alone (a mask
     # loss pushing P_sem of a class down on a touching instance of that class fights it).
     bp.MASK_LOSS_SEMANTIC_GRAD = True
+    # GIoU loss on the dense box map mask construction reads (Eq. 15 at the true level): at every
+    # stride-4 cell of a thing, the box regressed by its levelness-target level, bilinearly
+    # resized to stride 4 as at inference, against its owner's box. Unlike the FCOS box loss it
+    # weighs every cell of an object alike, edge cells and the blend between touching objects
+    # included. Off by default (not in the paper).
+    bp.DENSE_BOX_LOSS = False
     # Weak supervision (supplementary §3): boxes + semantic labels only, never instance masks;
     # pixel ownership by the smallest box containing it.
     bp.WEAK_SUPERVISION = False

@@ -490,3 +490,64 @@ def test_panoptic_fpn_peer_anchors_do_not_depend_on_the_head_levels():
     p3.FPN_STRIDES = [16, 32, 64, 128, 256]
     with pytest.raises(ValueError, match="needs a stride-8 level"):
         object_scale(p3)
+
+
+def test_dense_box_loss_reads_the_dense_box_map_at_the_true_level():
+    """loss_dense_box: GIoU of B(p) at each thing cell's levelness-target level against its
+    owner's box, mean over those cells; background and ignored cells do not count."""
+    from fvcore.nn import giou_loss
+
+    from box_panoptic.modeling.losses import BoxPanopticCriterion
+    from box_panoptic.modeling.targets import (
+        BatchTargets,
+        GroundTruth,
+        LocationAssignment,
+        level_locations,
+    )
+
+    h4 = w4 = 8  # a 32 x 32 input; level 1 at stride 4 (resizing it is the identity), level 2 at 8
+    crit = BoxPanopticCriterion(
+        strides=[4, 8],
+        thing_semantic_ids=[1],
+        assignment=LocationAssignment.from_settings([16.0], 2, "instance"),
+        dense_box_loss=True,
+    )
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, 0:12, 0:12] = True  # a small object on level 1
+    masks[1, 12:32, 12:32] = True  # a larger one on level 2
+    boxes = torch.tensor([[0.0, 0, 12, 12], [12.0, 12, 32, 32]])
+    pts4 = level_locations(h4, w4, 4, torch.device("cpu"))
+    level = torch.zeros(h4, w4, dtype=torch.long)
+    level[0:3, 0:3] = 1
+    level[3:, 3:] = 2
+    level[7, 7] = 255  # ignored (void)
+    t = BatchTargets(
+        points=pts4,
+        labels=torch.zeros(1, 0, dtype=torch.long),
+        ltrb=torch.zeros(1, 0, 4),
+        crowd=torch.zeros(1, 0, dtype=torch.bool),
+        sem_seg=torch.zeros(1, 32, 32, dtype=torch.long),
+        levelness=level[None],
+        points4=pts4,
+        instances=[GroundTruth(boxes, torch.tensor([0, 0]), masks)],
+    )
+    x, y = pts4[:, 0].view(h4, w4), pts4[:, 1].view(h4, w4)
+    exact0 = torch.stack([x - 0, y - 0, 12 - x, 12 - y])[None]  # (1, 4, 8, 8) to box 0
+    coarse = torch.full((1, 4, 4, 4), 3.0, requires_grad=True)  # level 2: wrong everywhere
+    loss = crit._dense_box_loss({"box_reg": [exact0, coarse]}, t)
+    # level-1 cells are exact (0); level-2 cells read the resized constant 3 px
+    owned2 = (level == 2).flatten()
+    p = pts4[owned2]
+    pred = torch.cat([p - 3, p + 3], dim=1)
+    want = giou_loss(pred, boxes[1].expand_as(pred), reduction="sum") / (9 + owned2.sum())
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert coarse.grad.abs().sum() > 0  # the gradient reaches the coarse level through the resize
+    # the model's regressions equal to every cell's owner box at both levels: zero loss
+    exact1 = torch.stack([x - 12, y - 12, 32 - x, 32 - y])[None]
+    exact1 = torch.nn.functional.avg_pool2d(exact1, 2)  # stride-8 cells' own ltrb (linear field)
+    inner = level.clone()
+    inner[7, :] = inner[:, 7] = 255  # beyond the last stride-8 centre the resize clamps
+    t.levelness = inner[None]
+    loss = crit._dense_box_loss({"box_reg": [exact0, exact1]}, t)
+    assert loss.item() < 1e-5

@@ -1,6 +1,7 @@
 # box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
 """Training losses (METHOD.md section 3): sigmoid focal, GIoU weighted by centerness, centerness
-BCE, semantic CE, levelness CE and the optional mask loss on constructed soft masks."""
+BCE, semantic CE, levelness CE, the optional mask loss on constructed soft masks and the optional
+GIoU loss on the stride-4 dense box map."""
 
 from typing import Dict, List, Optional, Sequence
 
@@ -14,8 +15,20 @@ from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from ..data.class_layout import class_layout_from_config
-from .mask_construction import dense_box_map, location_term
-from .targets import BatchTargets, LocationAssignment, batch_targets, centerness_targets
+from .mask_construction import (
+    boxes_from_ltrb,
+    dense_box_map,
+    location_term,
+    resized_level_regressions,
+)
+from .targets import (
+    INF,
+    BatchTargets,
+    LocationAssignment,
+    assign_locations,
+    batch_targets,
+    centerness_targets,
+)
 
 __all__ = ["BoxPanopticCriterion", "assignment_from_config", "dice_loss", "reduce_mean"]
 
@@ -78,7 +91,15 @@ class BoxPanopticCriterion(nn.Module):
     "instances" (gt_boxes, gt_classes, gt_masks unless weak), "sem_seg" (H, W) (255 = ignore)
     and optional "crowd_mask" (H, W) bool. Targets come from :func:`~.targets.batch_targets`."""
 
-    LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr", "loss_sem_seg", "loss_levelness", "loss_mask")
+    LOSS_NAMES = (
+        "loss_cls",
+        "loss_box",
+        "loss_ctr",
+        "loss_sem_seg",
+        "loss_levelness",
+        "loss_mask",
+        "loss_dense_box",
+    )
     BOX_LOSS_WEIGHTINGS = ("centerness", "uniform")
     MASK_LOSS_TYPES = ("bce", "dice")
 
@@ -97,6 +118,7 @@ class BoxPanopticCriterion(nn.Module):
         box_loss_weighting: str = "centerness",
         mask_loss_type: str = "bce",
         mask_loss_semantic_grad: bool = True,
+        dense_box_loss: bool = False,
         loss_weights: Optional[Dict[str, float]] = None,
     ):
         """
@@ -114,6 +136,8 @@ class BoxPanopticCriterion(nn.Module):
                 (METHOD 3.4); False: P_sem is a constant in it, so it trains the dense box map
                 (regressions through the levelness-chosen level) and leaves the semantic head to
                 its cross-entropy.
+            dense_box_loss: add ``loss_dense_box``, the GIoU loss of the stride-4 dense box map
+                at each thing cell's true level (:meth:`_dense_box_loss`).
             box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
                 centerness target) or "uniform" (every positive alike, normalised by positives).
             loss_weights: {loss name: weight}; missing names weigh 1.
@@ -141,6 +165,7 @@ class BoxPanopticCriterion(nn.Module):
         )
         self.mask_loss_type = _one_of("mask_loss_type", mask_loss_type, self.MASK_LOSS_TYPES)
         self.mask_loss_semantic_grad = bool(mask_loss_semantic_grad)
+        self.dense_box_loss = bool(dense_box_loss)
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
 
@@ -159,6 +184,7 @@ class BoxPanopticCriterion(nn.Module):
             "box_loss_weighting": bp.BOX_LOSS_WEIGHTING,
             "mask_loss_type": bp.MASK_LOSS_TYPE,
             "mask_loss_semantic_grad": bp.MASK_LOSS_SEMANTIC_GRAD,
+            "dense_box_loss": bp.DENSE_BOX_LOSS,
             "loss_weights": {
                 "loss_cls": bp.LOSS_WEIGHT_CLS,
                 "loss_box": bp.LOSS_WEIGHT_BOX,
@@ -166,6 +192,7 @@ class BoxPanopticCriterion(nn.Module):
                 "loss_sem_seg": bp.LOSS_WEIGHT_SEM,
                 "loss_levelness": bp.LOSS_WEIGHT_LEVELNESS,
                 "loss_mask": bp.LOSS_WEIGHT_MASK,
+                "loss_dense_box": bp.LOSS_WEIGHT_DENSE_BOX,
             },
         }
 
@@ -190,6 +217,8 @@ class BoxPanopticCriterion(nn.Module):
         losses["loss_levelness"] = _cross_entropy(out["levelness"], t.levelness)
         if self.mask_loss:
             losses["loss_mask"] = self._mask_loss(out, t)
+        if self.dense_box_loss:
+            losses["loss_dense_box"] = self._dense_box_loss(out, t)
         return {k: v * self.weights[k] for k, v in losses.items()}
 
     def _detection_losses(self, out: Dict, t: BatchTargets) -> Dict[str, torch.Tensor]:
@@ -269,3 +298,33 @@ class BoxPanopticCriterion(nn.Module):
         if not terms:
             return out["levelness"].sum() * 0
         return torch.stack(terms).mean()
+
+    def _dense_box_loss(self, out: Dict, t: BatchTargets) -> torch.Tensor:
+        """Mean GIoU loss of B(p) (Eq. 15, read at the levelness *target*) against the box of
+        p's owner, over the stride-4 cells with a thing owner (levelness target 1..L), averaged
+        over workers. Each level's (N, 4, H_l, W_l) regressions are resized to the stride-4 grid
+        as in :func:`~.mask_construction.dense_box_map`, so the loss sees what inference reads,
+        the blend between neighbouring objects' regressions included."""
+        n, (h4, w4) = t.levelness.shape[0], tuple(t.levelness.shape[-2:])
+        regs = resized_level_regressions(out["box_reg"], (h4, w4))  # (N, L, 4, h4, w4)
+        level = t.levelness  # (N, h4, w4): 0 background, 1..L, 255 ignore
+        owned = (level >= 1) & (level <= regs.shape[1])
+        index = (level - 1).clamp(0, regs.shape[1] - 1)[:, None, None].expand(n, 1, 4, h4, w4)
+        dense = boxes_from_ltrb(regs.gather(1, index).squeeze(1), 4)  # (N, 4, h4, w4)
+        free = t.points4.new_full((t.points4.shape[0],), -INF), t.points4.new_full(
+            (t.points4.shape[0],), INF
+        )
+        targets = []
+        for gt in t.instances:  # the owner rule of the levelness targets (targets.py)
+            owner, ltrb, _ = assign_locations(
+                t.points4, gt.boxes, gt.masks, *free, self.assignment.by_instance
+            )
+            p = t.points4
+            targets.append(torch.cat([p - ltrb[:, :2], p + ltrb[:, 2:]], dim=1))  # (h4 w4, 4)
+        target = torch.stack(targets)  # (N, h4 w4, 4)
+        pred = dense.flatten(2).transpose(1, 2)  # (N, h4 w4, 4)
+        sel = owned.flatten(1)
+        count = reduce_mean(sel.sum().float()).clamp(min=1.0)
+        if not sel.any():
+            return pred.sum() * 0
+        return giou_loss(pred[sel], target[sel], reduction="sum") / count
