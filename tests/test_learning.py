@@ -521,6 +521,11 @@ def test_dense_box_loss_reads_the_dense_box_map_at_the_true_level():
     level[0:3, 0:3] = 1
     level[3:, 3:] = 2
     level[7, 7] = 255  # ignored (void)
+    # each cell's owner box by hand: cells 0-2 lie on object 0's mask, cells 3-7 on object 1's
+    row, col = torch.meshgrid(torch.arange(h4), torch.arange(w4), indexing="ij")
+    on0, on1 = ((row < 3) & (col < 3)).flatten(), ((row >= 3) & (col >= 3)).flatten()
+    owner_boxes = torch.cat([pts4, pts4], dim=1)  # zero-size boxes off the things
+    owner_boxes[on0], owner_boxes[on1] = boxes[0], boxes[1]
     t = BatchTargets(
         points=pts4,
         labels=torch.zeros(1, 0, dtype=torch.long),
@@ -528,6 +533,7 @@ def test_dense_box_loss_reads_the_dense_box_map_at_the_true_level():
         crowd=torch.zeros(1, 0, dtype=torch.bool),
         sem_seg=torch.zeros(1, 32, 32, dtype=torch.long),
         levelness=level[None],
+        owner_boxes4=owner_boxes[None],
         points4=pts4,
         instances=[GroundTruth(boxes, torch.tensor([0, 0]), masks)],
     )

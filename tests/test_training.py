@@ -15,6 +15,7 @@ from box_panoptic.data import BoxPanopticDatasetMapper
 from box_panoptic.modeling.targets import (
     assign_locations,
     centerness_targets,
+    levelness_and_owner_boxes,
     levelness_targets,
     size_ranges,
 )
@@ -60,6 +61,11 @@ def test_levelness_targets_and_centerness():
     t = levelness_targets(pts, ranges, boxes, masks, ignore)
     # m: 14 -> P4 (8,16]; 10 -> P4; 40 -> P6 (32,64]; 78 -> P7 (>64); ignored -> 255
     assert t.tolist() == [2, 2, 4, 5, 255]
+    # the owners' boxes; (18, 70) lies in no box and on no mask: a zero-size box at the point
+    t2, owner_boxes = levelness_and_owner_boxes(pts, ranges, boxes, masks, ignore)
+    assert t2.tolist() == t.tolist()
+    want = torch.cat([boxes[[0, 0, 1, 1]], torch.tensor([[18.0, 70.0, 18.0, 70.0]])])
+    torch.testing.assert_close(owner_boxes, want)
     ctr = centerness_targets(torch.tensor([[2.0, 2.0, 14.0, 14.0], [5.0, 5.0, 5.0, 5.0]]))
     torch.testing.assert_close(ctr, torch.tensor([2 / 14, 1.0]))
 

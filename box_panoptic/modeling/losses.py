@@ -15,20 +15,8 @@ from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from ..data.class_layout import class_layout_from_config
-from .mask_construction import (
-    boxes_from_ltrb,
-    dense_box_map,
-    location_term,
-    resized_level_regressions,
-)
-from .targets import (
-    INF,
-    BatchTargets,
-    LocationAssignment,
-    assign_locations,
-    batch_targets,
-    centerness_targets,
-)
+from .mask_construction import boxes_at_levels, dense_box_map, location_term
+from .targets import BatchTargets, LocationAssignment, batch_targets, centerness_targets
 
 __all__ = ["BoxPanopticCriterion", "assignment_from_config", "dice_loss", "reduce_mean"]
 
@@ -302,29 +290,14 @@ class BoxPanopticCriterion(nn.Module):
     def _dense_box_loss(self, out: Dict, t: BatchTargets) -> torch.Tensor:
         """Mean GIoU loss of B(p) (Eq. 15, read at the levelness *target*) against the box of
         p's owner, over the stride-4 cells with a thing owner (levelness target 1..L), averaged
-        over workers. Each level's (N, 4, H_l, W_l) regressions are resized to the stride-4 grid
-        as in :func:`~.mask_construction.dense_box_map`, so the loss sees what inference reads,
-        the blend between neighbouring objects' regressions included."""
-        n, (h4, w4) = t.levelness.shape[0], tuple(t.levelness.shape[-2:])
-        regs = resized_level_regressions(out["box_reg"], (h4, w4))  # (N, L, 4, h4, w4)
-        level = t.levelness  # (N, h4, w4): 0 background, 1..L, 255 ignore
-        owned = (level >= 1) & (level <= regs.shape[1])
-        index = (level - 1).clamp(0, regs.shape[1] - 1)[:, None, None].expand(n, 1, 4, h4, w4)
-        dense = boxes_from_ltrb(regs.gather(1, index).squeeze(1), 4)  # (N, 4, h4, w4)
-        free = t.points4.new_full((t.points4.shape[0],), -INF), t.points4.new_full(
-            (t.points4.shape[0],), INF
-        )
-        targets = []
-        for gt in t.instances:  # the owner rule of the levelness targets (targets.py)
-            owner, ltrb, _ = assign_locations(
-                t.points4, gt.boxes, gt.masks, *free, self.assignment.by_instance
-            )
-            p = t.points4
-            targets.append(torch.cat([p - ltrb[:, :2], p + ltrb[:, 2:]], dim=1))  # (h4 w4, 4)
-        target = torch.stack(targets)  # (N, h4 w4, 4)
+        over workers. B(p) comes from :func:`~.mask_construction.boxes_at_levels`, as at
+        inference, so the loss sees the blend between neighbouring objects' resized
+        regressions too."""
+        level, num_levels = t.levelness, len(out["box_reg"])  # (N, h4, w4): 0, 1..L, 255
+        owned = ((level >= 1) & (level <= num_levels)).flatten(1)  # (N, h4 w4)
+        dense = boxes_at_levels(out["box_reg"], (level - 1).clamp(0, num_levels - 1), 4)
         pred = dense.flatten(2).transpose(1, 2)  # (N, h4 w4, 4)
-        sel = owned.flatten(1)
-        count = reduce_mean(sel.sum().float()).clamp(min=1.0)
-        if not sel.any():
+        count = reduce_mean(owned.sum().float()).clamp(min=1.0)
+        if not owned.any():
             return pred.sum() * 0
-        return giou_loss(pred[sel], target[sel], reduction="sum") / count
+        return giou_loss(pred[owned], t.owner_boxes4[owned], reduction="sum") / count

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 __all__ = [
     "boxes_from_ltrb",
     "resized_level_regressions",
+    "boxes_at_levels",
     "dense_box_map",
     "location_term",
     "soft_masks",
@@ -41,21 +42,28 @@ def resized_level_regressions(box_reg: List[torch.Tensor], size: Tuple[int, int]
     )
 
 
-def dense_box_map(box_reg: List[torch.Tensor], levelness: torch.Tensor, stride: int = 4):
-    """The global dense box map B(x, y) = B_{l*(x, y)}(x, y) chosen by levelness (Eq. 15).
+def boxes_at_levels(box_reg: List[torch.Tensor], level: torch.Tensor, stride: int = 4):
+    """B(x, y) = B_{level(x, y)}(x, y): at each cell of a grid of ``stride``, the box regressed
+    by the given level, each level's regressions bilinearly resized to the grid (Eq. 15).
 
     Args:
         box_reg: per level (N, 4, H_l, W_l) ltrb pixels, finest first.
-        levelness: (N, L + 1, h, w) logits; channel 0 (background) is ignored at inference.
-        stride: stride of the levelness grid.
+        level: (N, h, w) long level index in [0, L).
+        stride: stride of the grid.
     Returns:
         (N, 4, h, w) XYXY boxes.
     """
-    n, _, h, w = levelness.shape
+    n, h, w = level.shape
     regs = resized_level_regressions(box_reg, (h, w))  # (N, L, 4, h, w)
-    level = levelness[:, 1:].argmax(dim=1)  # (N, h, w) in [0, L)
     index = level[:, None, None].expand(n, 1, 4, h, w)
     return boxes_from_ltrb(regs.gather(1, index).squeeze(1), stride)
+
+
+def dense_box_map(box_reg: List[torch.Tensor], levelness: torch.Tensor, stride: int = 4):
+    """The global dense box map chosen by levelness (Eq. 15): :func:`boxes_at_levels` at
+    the argmax of ``levelness`` (N, L + 1, h, w) logits over channels 1..L (channel 0, the
+    background, is ignored at inference). Returns (N, 4, h, w) XYXY boxes."""
+    return boxes_at_levels(box_reg, levelness[:, 1:].argmax(dim=1), stride)
 
 
 def location_term(query: torch.Tensor, dense: torch.Tensor, mode: str = "giou_plus1"):

@@ -22,6 +22,7 @@ __all__ = [
     "size_ranges",
     "assign_locations",
     "fcos_targets",
+    "levelness_and_owner_boxes",
     "levelness_targets",
     "centerness_targets",
 ]
@@ -89,8 +90,11 @@ class LocationAssignment:
         )
 
     def levelness(self, points, gt_boxes, gt_masks, ignore=None):
-        """:func:`levelness_targets` under this assignment (the centre rule does not apply)."""
-        return levelness_targets(points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance)
+        """:func:`levelness_and_owner_boxes` under this assignment (the centre rule does not
+        apply): (levelness targets (M,), owner boxes (M, 4))."""
+        return levelness_and_owner_boxes(
+            points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance
+        )
 
 
 def assign_locations(
@@ -213,23 +217,31 @@ def fcos_targets(
     return labels, ltrb, owner
 
 
-def levelness_targets(
+def levelness_and_owner_boxes(
     points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None, by_instance=False
 ):
-    """Levelness target of each stride-4 location: 0 background, l in 1..L the level whose
-    size-of-interest range holds m(p, owner(p)), 255 where ``ignore`` (M,) is set.
+    """Levelness target of each stride-4 location (M,): 0 background, l in 1..L the level whose
+    size-of-interest range holds m(p, owner(p)), 255 where ``ignore`` (M,) is set; and the
+    (M, 4) XYXY box of each location's owner (a zero-size box at the location where it has none).
 
     The owner is chosen without size ranges (every location of an instance has one level).
     """
     m_pts = points.shape[0]
     free = points.new_full((m_pts,), -INF), points.new_full((m_pts,), INF)
-    owner, _, m = assign_locations(points, gt_boxes, gt_masks, *free, by_instance)
+    owner, ltrb, m = assign_locations(points, gt_boxes, gt_masks, *free, by_instance)
     bounds = points.new_tensor([r[1] for r in ranges[:-1]])
     level = torch.bucketize(m, bounds, right=False) + 1  # (lo, hi] -> index of hi
     target = torch.where(owner >= 0, level, torch.zeros_like(level))
     if ignore is not None:
         target = torch.where(ignore, torch.full_like(target, 255), target)
-    return target
+    return target, torch.cat([points - ltrb[:, :2], points + ltrb[:, 2:]], dim=1)
+
+
+def levelness_targets(
+    points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None, by_instance=False
+):
+    """The levelness targets (M,) of :func:`levelness_and_owner_boxes`."""
+    return levelness_and_owner_boxes(points, ranges, gt_boxes, gt_masks, ignore, by_instance)[0]
 
 
 # ---- a batch's targets ---------------------------------------------------------------------------
@@ -254,6 +266,8 @@ class BatchTargets:
         crowd: (N, M) bool, negative locations in crowd regions (ignored, not negatives).
         sem_seg: (N, H, W) long semantic labels on the padded input, 255 = ignore.
         levelness: (N, h4, w4) long levelness labels on the stride-4 grid, 255 = ignore.
+        owner_boxes4: (N, h4 w4, 4) XYXY box of each stride-4 location's owner (the levelness
+            targets' owner; a zero-size box at the location where it has none).
         points4: (h4 w4, 2) the stride-4 grid's locations.
         instances: per image, its :class:`GroundTruth`.
     """
@@ -264,6 +278,7 @@ class BatchTargets:
     crowd: torch.Tensor
     sem_seg: torch.Tensor
     levelness: torch.Tensor
+    owner_boxes4: torch.Tensor
     points4: torch.Tensor
     instances: List[GroundTruth]
 
@@ -311,7 +326,7 @@ def batch_targets(
     xi = points[:, 0].long().clamp(max=padded[1] - 1)
     n = len(batched_inputs)
     sem_t = torch.full((n,) + tuple(padded), 255, dtype=torch.long, device=device)
-    labels, ltrbs, lev_t, crowd_pts, gts = [], [], [], [], []
+    labels, ltrbs, lev_t, boxes4, crowd_pts, gts = [], [], [], [], [], []
     for i, x in enumerate(batched_inputs):
         gt = ground_truth(x, padded, device, weak)
         gts.append(gt)
@@ -327,7 +342,9 @@ def batch_targets(
             else torch.zeros(padded, dtype=torch.bool, device=device)
         )
         ignore4 = (sem_t[i, yi4, xi4] == 255) | crowd[yi4, xi4]
-        lev_t.append(assignment.levelness(pts4, gt.boxes, gt.masks, ignore4))
+        lev, owner_boxes = assignment.levelness(pts4, gt.boxes, gt.masks, ignore4)
+        lev_t.append(lev)
+        boxes4.append(owner_boxes)
         crowd_pts.append(crowd[yi, xi] & (lab == num_thing_classes))
         labels.append(lab)
         ltrbs.append(ltrb)
@@ -338,6 +355,7 @@ def batch_targets(
         crowd=torch.stack(crowd_pts),
         sem_seg=sem_t,
         levelness=torch.stack(lev_t).view(n, *size4),
+        owner_boxes4=torch.stack(boxes4),
         points4=pts4,
         instances=gts,
     )
