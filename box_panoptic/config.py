@@ -85,6 +85,13 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # Build the global dense box map with levelness (Eq. 15). False: keep every level's box and take
     # the max over levels of the location term (supplementary Eqs. S1-S3, the ablation).
     bp.USE_LEVELNESS = True
+    # Where the dense box map B(p) comes from: "levelness" (Eq. 15, the release: at each stride-4
+    # cell the regression of the level levelness picks, bilinearly resized) or "finest" (the finest
+    # level's regression at every cell, which DENSE_BOX_LOSS then trains at every thing cell
+    # against its owner's box: one box per stride-4 cell, no blend of coarse cells across the
+    # edge between touching objects; levelness and USE_LEVELNESS are then not read). Not in the
+    # paper; "finest" requires DENSE_BOX_LOSS.
+    bp.DENSE_BOX_SOURCE = "levelness"
 
     # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------
     # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "assemble_argmax" (each pixel to the detection
@@ -149,10 +156,10 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # loss pushing P_sem of a class down on a touching instance of that class fights it).
     bp.MASK_LOSS_SEMANTIC_GRAD = True
     # GIoU loss on the dense box map mask construction reads (Eq. 15 at the true level): at every
-    # stride-4 cell of a thing, the box regressed by its levelness-target level, bilinearly
-    # resized to stride 4 as at inference, against its owner's box. Unlike the FCOS box loss it
-    # weighs every cell of an object alike, edge cells and the blend between touching objects
-    # included. Off by default (not in the paper).
+    # stride-4 cell of a thing, the box regressed by its levelness-target level (the finest level
+    # with DENSE_BOX_SOURCE "finest"), bilinearly resized to stride 4 as at inference, against its
+    # owner's box. Unlike the FCOS box loss it weighs every cell of an object alike, edge cells and
+    # the blend between touching objects included. Off by default (not in the paper).
     bp.DENSE_BOX_LOSS = False
     # Weak supervision (supplementary §3): boxes + semantic labels only, never instance masks;
     # pixel ownership by the smallest box containing it.

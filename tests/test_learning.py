@@ -492,26 +492,12 @@ def test_panoptic_fpn_peer_anchors_do_not_depend_on_the_head_levels():
         object_scale(p3)
 
 
-def test_dense_box_loss_reads_the_dense_box_map_at_the_true_level():
-    """loss_dense_box: GIoU of B(p) at each thing cell's levelness-target level against its
-    owner's box, mean over those cells; background and ignored cells do not count."""
-    from fvcore.nn import giou_loss
+def _two_object_dense_box_targets():
+    """A 32 x 32 input, its stride-4 grid (8 x 8) and BatchTargets for two objects: a small one on
+    level 1 (stride 4) and a larger one on level 2 (stride 8), with each cell's owner box."""
+    from box_panoptic.modeling.targets import BatchTargets, GroundTruth, level_locations
 
-    from box_panoptic.modeling.losses import BoxPanopticCriterion
-    from box_panoptic.modeling.targets import (
-        BatchTargets,
-        GroundTruth,
-        LocationAssignment,
-        level_locations,
-    )
-
-    h4 = w4 = 8  # a 32 x 32 input; level 1 at stride 4 (resizing it is the identity), level 2 at 8
-    crit = BoxPanopticCriterion(
-        strides=[4, 8],
-        thing_semantic_ids=[1],
-        assignment=LocationAssignment.from_settings([16.0], 2, "instance"),
-        dense_box_loss=True,
-    )
+    h4 = w4 = 8
     masks = torch.zeros(2, 32, 32, dtype=torch.bool)
     masks[0, 0:12, 0:12] = True  # a small object on level 1
     masks[1, 12:32, 12:32] = True  # a larger one on level 2
@@ -537,6 +523,30 @@ def test_dense_box_loss_reads_the_dense_box_map_at_the_true_level():
         points4=pts4,
         instances=[GroundTruth(boxes, torch.tensor([0, 0]), masks)],
     )
+    return t, boxes, level, pts4
+
+
+def _dense_box_criterion(**kwargs):
+    from box_panoptic.modeling.losses import BoxPanopticCriterion
+    from box_panoptic.modeling.targets import LocationAssignment
+
+    return BoxPanopticCriterion(
+        strides=[4, 8],
+        thing_semantic_ids=[1],
+        assignment=LocationAssignment.from_settings([16.0], 2, "instance"),
+        dense_box_loss=True,
+        **kwargs,
+    )
+
+
+def test_dense_box_loss_reads_the_dense_box_map_at_the_true_level():
+    """loss_dense_box: GIoU of B(p) at each thing cell's levelness-target level against its
+    owner's box, mean over those cells; background and ignored cells do not count."""
+    from fvcore.nn import giou_loss
+
+    crit = _dense_box_criterion()
+    t, boxes, level, pts4 = _two_object_dense_box_targets()
+    h4, w4 = level.shape
     x, y = pts4[:, 0].view(h4, w4), pts4[:, 1].view(h4, w4)
     exact0 = torch.stack([x - 0, y - 0, 12 - x, 12 - y])[None]  # (1, 4, 8, 8) to box 0
     coarse = torch.full((1, 4, 4, 4), 3.0, requires_grad=True)  # level 2: wrong everywhere
@@ -557,3 +567,55 @@ def test_dense_box_loss_reads_the_dense_box_map_at_the_true_level():
     t.levelness = inner[None]
     loss = crit._dense_box_loss({"box_reg": [exact0, exact1]}, t)
     assert loss.item() < 1e-5
+
+
+def test_dense_box_source_finest_reads_and_trains_the_finest_level_everywhere():
+    """DENSE_BOX_SOURCE "finest": B(p) is the finest level's regression at every cell, at
+    inference (dense_boxes) and in loss_dense_box, which then trains the finest level on every
+    thing cell and leaves coarser levels alone; it is refused without DENSE_BOX_LOSS."""
+    from fvcore.nn import giou_loss
+
+    from box_panoptic.modeling.losses import BoxPanopticCriterion
+    from box_panoptic.modeling.mask_construction import boxes_from_ltrb, dense_boxes
+    from box_panoptic.modeling.postprocess import BoxPanopticPostProcessor
+    from box_panoptic.modeling.targets import LocationAssignment
+
+    crit = _dense_box_criterion(dense_box_source="finest")
+    t, boxes, level, pts4 = _two_object_dense_box_targets()
+    h4, w4 = level.shape
+    x, y = pts4[:, 0].view(h4, w4), pts4[:, 1].view(h4, w4)
+    owner = t.owner_boxes4[0].t().reshape(4, h4, w4)
+    # the finest level exact to every cell's owner box, level 2 garbage: zero loss, no gradient
+    # reaches level 2
+    exact = torch.stack([x - owner[0], y - owner[1], owner[2] - x, owner[3] - y])[None]
+    coarse = torch.full((1, 4, 4, 4), 3.0, requires_grad=True)
+    loss = crit._dense_box_loss({"box_reg": [exact.requires_grad_(True), coarse]}, t)
+    assert loss.item() < 1e-6
+    loss.backward()
+    assert exact.grad is not None and coarse.grad is None
+    # the finest level exact to object 0 everywhere: the level-2 cells are read there too
+    exact0 = torch.stack([x - 0, y - 0, 12 - x, 12 - y])[None].requires_grad_(True)
+    loss = crit._dense_box_loss({"box_reg": [exact0, coarse]}, t)
+    owned2 = (level == 2).flatten()
+    pred = torch.tensor([0.0, 0, 12, 12]).expand(int(owned2.sum()), 4)
+    want = giou_loss(pred, boxes[1].expand_as(pred), reduction="sum") / (9 + owned2.sum())
+    torch.testing.assert_close(loss, want)
+    # inference reads the same map, whatever levelness says
+    levelness = torch.randn(1, 3, h4, w4)
+    got = dense_boxes([exact0.detach(), coarse.detach()], levelness, "finest")
+    torch.testing.assert_close(got, boxes_from_ltrb(exact0.detach(), 4))
+    assert not torch.equal(got, dense_boxes([exact0.detach(), coarse.detach()], levelness))
+    post = BoxPanopticPostProcessor(
+        strides=[4, 8], thing_semantic_ids=[1], dense_box_source="finest"
+    )
+    out = {"box_reg": [exact0.detach(), coarse.detach()], "levelness": levelness}
+    torch.testing.assert_close(post.dense_boxes(out), got)
+    with pytest.raises(ValueError, match="needs DENSE_BOX_LOSS True"):
+        BoxPanopticCriterion(
+            strides=[4, 8],
+            thing_semantic_ids=[1],
+            assignment=LocationAssignment.from_settings([16.0], 2, "instance"),
+            dense_box_source="finest",
+        )
+    with pytest.raises(ValueError, match="unknown DENSE_BOX_SOURCE 'nearest'"):
+        BoxPanopticPostProcessor(strides=[4, 8], thing_semantic_ids=[1], dense_box_source="nearest")

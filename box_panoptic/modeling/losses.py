@@ -15,7 +15,7 @@ from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from ..data.class_layout import class_layout_from_config
-from .mask_construction import boxes_at_levels, dense_box_map, location_term
+from .mask_construction import DENSE_BOX_SOURCES, boxes_at_levels, dense_boxes, location_term
 from .targets import BatchTargets, LocationAssignment, batch_targets, centerness_targets
 
 __all__ = ["BoxPanopticCriterion", "assignment_from_config", "dice_loss", "reduce_mean"]
@@ -107,6 +107,7 @@ class BoxPanopticCriterion(nn.Module):
         mask_loss_type: str = "bce",
         mask_loss_semantic_grad: bool = True,
         dense_box_loss: bool = False,
+        dense_box_source: str = "levelness",
         loss_weights: Optional[Dict[str, float]] = None,
     ):
         """
@@ -126,6 +127,10 @@ class BoxPanopticCriterion(nn.Module):
                 its cross-entropy.
             dense_box_loss: add ``loss_dense_box``, the GIoU loss of the stride-4 dense box map
                 at each thing cell's true level (:meth:`_dense_box_loss`).
+            dense_box_source: where mask construction reads B(p) (``DENSE_BOX_SOURCES``): the
+                mask loss and ``loss_dense_box`` read it there too; "finest" needs
+                ``dense_box_loss`` (the finest level's regression is otherwise trained only on
+                its own positives).
             box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
                 centerness target) or "uniform" (every positive alike, normalised by positives).
             loss_weights: {loss name: weight}; missing names weigh 1.
@@ -154,6 +159,12 @@ class BoxPanopticCriterion(nn.Module):
         self.mask_loss_type = _one_of("mask_loss_type", mask_loss_type, self.MASK_LOSS_TYPES)
         self.mask_loss_semantic_grad = bool(mask_loss_semantic_grad)
         self.dense_box_loss = bool(dense_box_loss)
+        self.dense_box_source = _one_of("dense_box_source", dense_box_source, DENSE_BOX_SOURCES)
+        if self.dense_box_source == "finest" and not self.dense_box_loss:
+            raise ValueError(
+                "BoxPanoptic: DENSE_BOX_SOURCE 'finest' needs DENSE_BOX_LOSS True (it is what "
+                "trains the finest level's regression at every thing cell)"
+            )
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
 
@@ -173,6 +184,7 @@ class BoxPanopticCriterion(nn.Module):
             "mask_loss_type": bp.MASK_LOSS_TYPE,
             "mask_loss_semantic_grad": bp.MASK_LOSS_SEMANTIC_GRAD,
             "dense_box_loss": bp.DENSE_BOX_LOSS,
+            "dense_box_source": bp.DENSE_BOX_SOURCE,
             "loss_weights": {
                 "loss_cls": bp.LOSS_WEIGHT_CLS,
                 "loss_box": bp.LOSS_WEIGHT_BOX,
@@ -263,7 +275,7 @@ class BoxPanopticCriterion(nn.Module):
         """BCE or Dice (``mask_loss_type``) between S_k built from GT boxes as queries (METHOD
         3.4, simpler variant) and the GT masks sampled on the stride-4 grid."""
         size4 = tuple(t.levelness.shape[-2:])
-        dense = dense_box_map(out["box_reg"], out["levelness"], stride=4)  # (N, 4, h4, w4)
+        dense = dense_boxes(out["box_reg"], out["levelness"], self.dense_box_source)  # (N,4,h4,w4)
         sem_prob = F.interpolate(
             out["sem_seg"], size=size4, mode="bilinear", align_corners=False
         ).softmax(dim=1)
@@ -288,14 +300,17 @@ class BoxPanopticCriterion(nn.Module):
         return torch.stack(terms).mean()
 
     def _dense_box_loss(self, out: Dict, t: BatchTargets) -> torch.Tensor:
-        """Mean GIoU loss of B(p) (Eq. 15, read at the levelness *target*) against the box of
-        p's owner, over the stride-4 cells with a thing owner (levelness target 1..L), averaged
-        over workers. B(p) comes from :func:`~.mask_construction.boxes_at_levels`, as at
+        """Mean GIoU loss of B(p) (Eq. 15, read at the levelness *target*; the finest level with
+        ``dense_box_source`` "finest") against the box of p's owner, over the stride-4 cells
+        with a thing owner (levelness target 1..L), averaged over workers. B(p) comes from :func:`~.mask_construction.boxes_at_levels`, as at
         inference, so the loss sees the blend between neighbouring objects' resized
         regressions too."""
         level, num_levels = t.levelness, len(out["box_reg"])  # (N, h4, w4): 0, 1..L, 255
         owned = ((level >= 1) & (level <= num_levels)).flatten(1)  # (N, h4 w4)
-        dense = boxes_at_levels(out["box_reg"], (level - 1).clamp(0, num_levels - 1), 4)
+        if self.dense_box_source == "finest":
+            dense = boxes_at_levels(out["box_reg"][:1], torch.zeros_like(level), 4)
+        else:
+            dense = boxes_at_levels(out["box_reg"], (level - 1).clamp(0, num_levels - 1), 4)
         pred = dense.flatten(2).transpose(1, 2)  # (N, h4 w4, 4)
         count = reduce_mean(owned.sum().float()).clamp(min=1.0)
         if not owned.any():

@@ -15,6 +15,8 @@ __all__ = [
     "resized_level_regressions",
     "boxes_at_levels",
     "dense_box_map",
+    "DENSE_BOX_SOURCES",
+    "dense_boxes",
     "location_term",
     "soft_masks",
 ]
@@ -64,6 +66,25 @@ def dense_box_map(box_reg: List[torch.Tensor], levelness: torch.Tensor, stride: 
     the argmax of ``levelness`` (N, L + 1, h, w) logits over channels 1..L (channel 0, the
     background, is ignored at inference). Returns (N, 4, h, w) XYXY boxes."""
     return boxes_at_levels(box_reg, levelness[:, 1:].argmax(dim=1), stride)
+
+
+DENSE_BOX_SOURCES = ("levelness", "finest")
+
+
+def dense_boxes(
+    box_reg: List[torch.Tensor], levelness: torch.Tensor, source: str = "levelness", stride: int = 4
+) -> torch.Tensor:
+    """The dense box map B(p) on the levelness grid, (N, 4, h, w) XYXY, from ``source``:
+    "levelness" (:func:`dense_box_map`, Eq. 15) or "finest" (the finest level's regression at
+    every cell, bilinearly resized to the grid if coarser; the levelness logits give only the
+    grid's size). ``levelness``: (N, L + 1, h, w)."""
+    if source == "levelness":
+        return dense_box_map(box_reg, levelness, stride)
+    if source != "finest":
+        raise ValueError(f"dense_boxes: unknown source {source!r} (one of {DENSE_BOX_SOURCES})")
+    n, _, h, w = levelness.shape
+    finest = levelness.new_zeros((n, h, w), dtype=torch.long)
+    return boxes_at_levels(box_reg[:1], finest, stride)
 
 
 def location_term(query: torch.Tensor, dense: torch.Tensor, mode: str = "giou_plus1"):

@@ -27,7 +27,13 @@ from ..data.class_layout import class_layout_from_config
 from .assembly import PANOPTIC_ASSEMBLY_REGISTRY, PanopticSegments
 from .inference import decode_detections
 from .mask_candidates import soft_mask_candidates
-from .mask_construction import boxes_from_ltrb, dense_box_map, resized_level_regressions, soft_masks
+from .mask_construction import (
+    DENSE_BOX_SOURCES,
+    boxes_from_ltrb,
+    dense_boxes,
+    resized_level_regressions,
+    soft_masks,
+)
 from .semantic_labels import semantic_labels
 from .upsampling import Candidates, OutputGrid, output_grid
 
@@ -119,6 +125,7 @@ class BoxPanopticPostProcessor(nn.Module):
         mask_thresh: float = 0.4,
         location_term: str = "giou_plus1",
         use_levelness: bool = True,
+        dense_box_source: str = "levelness",
         assembly: str = "assemble_argmax",
         det_score_thresh: float = 0.3,
         overlap_thresh: float = 0.5,
@@ -141,6 +148,11 @@ class BoxPanopticPostProcessor(nn.Module):
             raise ValueError(f"BoxPanoptic: unknown assembly {assembly!r}")
         if int(candidates) < 1:
             raise ValueError(f"BoxPanoptic: assembly candidates must be >= 1, got {candidates}")
+        if dense_box_source not in DENSE_BOX_SOURCES:
+            raise ValueError(
+                f"BoxPanoptic: unknown DENSE_BOX_SOURCE {dense_box_source!r} "
+                f"(one of {DENSE_BOX_SOURCES})"
+            )
         if not mask_thresh > 0:
             raise ValueError(f"BoxPanoptic: mask_thresh (sigma) must be > 0, got {mask_thresh}")
         self.strides = [int(s) for s in strides]
@@ -157,6 +169,7 @@ class BoxPanopticPostProcessor(nn.Module):
         self.mask_thresh         = mask_thresh
         self.location_term       = location_term
         self.use_levelness       = use_levelness
+        self.dense_box_source    = dense_box_source
         self.assembly            = assembly
         self.det_score_thresh    = det_score_thresh
         self.overlap_thresh      = overlap_thresh
@@ -182,6 +195,7 @@ class BoxPanopticPostProcessor(nn.Module):
             "mask_thresh": bp.MASK_THRESH,
             "location_term": bp.LOCATION_TERM,
             "use_levelness": bp.USE_LEVELNESS,
+            "dense_box_source": bp.DENSE_BOX_SOURCE,
             "assembly": bp.ASSEMBLY,
             "det_score_thresh": bp.DET_SCORE_THRESH,
             "overlap_thresh": bp.OVERLAP_THRESH,
@@ -193,9 +207,10 @@ class BoxPanopticPostProcessor(nn.Module):
 
     # ---- steps 1-3 -------------------------------------------------------------------------------
     def dense_boxes(self, out: Dict) -> torch.Tensor:
-        """(N, 4, h4, w4) levelness-chosen boxes, or (N, L, 4, h4, w4) every level's boxes."""
-        if self.use_levelness:
-            return dense_box_map(out["box_reg"], out["levelness"], stride=4)
+        """(N, 4, h4, w4) dense boxes (``dense_box_source``), or (N, L, 4, h4, w4) every level's
+        boxes (levelness source with ``use_levelness`` False)."""
+        if self.dense_box_source != "levelness" or self.use_levelness:
+            return dense_boxes(out["box_reg"], out["levelness"], self.dense_box_source, stride=4)
         size = tuple(out["levelness"].shape[-2:])
         return boxes_from_ltrb(resized_level_regressions(out["box_reg"], size), 4)
 
