@@ -5,8 +5,8 @@
   is ``last_checkpoint`` replaced (also by rename). A run killed at any moment leaves the previous
   checkpoint and tag intact, never a file that loads but is truncated.
 * loading refuses a checkpoint holding NaN or inf, naming the first such tensor;
-* a model with ``checkpoint_settings()`` (BoxPanoptic: the box regression's units and the head's
-  level strides) has them saved beside its weights, and loading them into a model built with
+* a model with ``checkpoint_settings()`` (BoxPanoptic: the box regression's units, the head's
+  level strides and where the dense box map is read) has them saved beside its weights, and loading them into a model built with
   other settings is refused (the weights would load, some skipped, and silently mean something
   else). A box_panoptic checkpoint saved before a setting was recorded counts as having that
   setting's value of the time (:data:`SETTINGS_BEFORE_RECORDED`);
@@ -36,8 +36,11 @@ class SettingsMismatchError(ValueError):
 
 
 # What every box_panoptic checkpoint had before the setting was saved with it: the head on
-# P3-P7 (the only layout until the P2 option).
-SETTINGS_BEFORE_RECORDED = {"MODEL.BOX_PANOPTIC.FPN_STRIDES": [8, 16, 32, 64, 128]}
+# P3-P7 (the only layout until the P2 option), the dense box map by levelness (Eq. 15).
+SETTINGS_BEFORE_RECORDED = {
+    "MODEL.BOX_PANOPTIC.FPN_STRIDES": [8, 16, 32, 64, 128],
+    "MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE": "levelness",
+}
 
 
 # the parameters whose names say which FPN levels a model has

@@ -209,8 +209,13 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
     assert torch.load(path, weights_only=False)["model_settings"] == {
         "MODEL.BOX_PANOPTIC.FPN_STRIDES": [4, 8, 16, 32, 64],
         "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS": True,
+        "MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE": "levelness",
     }
     SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(path)  # same units: fine
+    # weights trained to be read at the finest level everywhere are refused by the levelness map
+    finest = ("MODEL.BOX_PANOPTIC.DENSE_BOX_LOSS", True, "MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE")
+    with pytest.raises(SettingsMismatchError, match="DENSE_BOX_SOURCE = 'levelness' but"):
+        SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *finest, "finest")).load(path)
     pixels = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", False)
     with pytest.raises(SettingsMismatchError, match="REG_STRIDE_UNITS = True but the model"):
         SafeCheckpointer(pixels).load(path)
@@ -224,6 +229,7 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
     # earlier `make synthetic` output resumed by today's P2-P6 config is refused, not half-loaded
     legacy = torch.load(str(tmp_path / "p3.pth"), weights_only=False)
     del legacy["model_settings"]["MODEL.BOX_PANOPTIC.FPN_STRIDES"]
+    del legacy["model_settings"]["MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE"]
     torch.save(legacy, tmp_path / "legacy.pth")
     with pytest.raises(SettingsMismatchError, match="FPN_STRIDES"):
         SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(str(tmp_path / "legacy.pth"))

@@ -121,6 +121,9 @@ class BoxPanoptic(nn.Module):
         units = getattr(self.head, "log_units", None)
         if units is not None:
             settings["MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS"] = any(units)
+        source = getattr(self.postprocessor, "dense_box_source", None)
+        if source is not None:  # "finest" weights regress every thing cell at the finest level
+            settings["MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE"] = source
         return settings
 
     # ---------------------------------------------------------------------------------------------
