@@ -6,10 +6,10 @@
   checkpoint and tag intact, never a file that loads but is truncated.
 * loading refuses a checkpoint holding NaN or inf, naming the first such tensor;
 * a model with ``checkpoint_settings()`` (BoxPanoptic: the box regression's units, the head's
-  level strides and where the dense box map is read) has them saved beside its weights, and loading them into a model built with
-  other settings is refused (the weights would load, some skipped, and silently mean something
-  else). A box_panoptic checkpoint saved before a setting was recorded counts as having that
-  setting's value of the time (:data:`SETTINGS_BEFORE_RECORDED`);
+  level strides and where the dense box map is read) has them saved beside its weights, and
+  loading them into a model built with other settings is refused (the weights would load, some
+  skipped, and silently mean something else). A box_panoptic checkpoint saved before a setting
+  was recorded counts as having that setting's value of the time (:data:`SETTINGS_BEFORE_RECORDED`);
 * whatever the record says, weights of a box_panoptic head whose FPN levels differ from the
   model's (``backbone.fpn_*``, ``backbone.top_block.*``, ``head.scales.*``: a P3-P7 head loaded
   into a P2-P6 model, or the reverse) are refused, naming the parameters that differ. Without

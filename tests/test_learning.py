@@ -209,16 +209,15 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
     assert torch.load(path, weights_only=False)["model_settings"] == {
         "MODEL.BOX_PANOPTIC.FPN_STRIDES": [4, 8, 16, 32, 64],
         "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS": True,
-        "MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE": "levelness",
+        "MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE": "finest",
     }
     SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(path)  # same units: fine
-    # weights trained to be read at the finest level everywhere are refused by the levelness map
-    finest = ("MODEL.BOX_PANOPTIC.DENSE_BOX_LOSS", True, "MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE")
-    with pytest.raises(SettingsMismatchError, match="DENSE_BOX_SOURCE = 'levelness' but"):
-        SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *finest, "finest")).load(path)
     pixels = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", False)
     with pytest.raises(SettingsMismatchError, match="REG_STRIDE_UNITS = True but the model"):
         SafeCheckpointer(pixels).load(path)
+    # weights trained to be read at the finest level everywhere are refused by the levelness map
+    with pytest.raises(SettingsMismatchError, match="DENSE_BOX_SOURCE = 'finest' but"):
+        SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *LEVELNESS_MAP)).load(path)
     torch.save({"model": strided.state_dict()}, tmp_path / "old.pth")
     SafeCheckpointer(pixels).load(str(tmp_path / "old.pth"))  # no record: loads
     # weights of a head on P3-P7 are refused by a model on P2-P6, naming the levels
@@ -232,8 +231,15 @@ def test_checkpoint_refuses_weights_of_the_other_regression_units(tmp_path):
     del legacy["model_settings"]["MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE"]
     torch.save(legacy, tmp_path / "legacy.pth")
     with pytest.raises(SettingsMismatchError, match="FPN_STRIDES"):
-        SafeCheckpointer(get_model(SYNTHETIC_CONFIG)).load(str(tmp_path / "legacy.pth"))
-    SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7)).load(str(tmp_path / "legacy.pth"))
+        SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *LEVELNESS_MAP)).load(
+            str(tmp_path / "legacy.pth")
+        )
+    # ... and it read its dense box map by levelness: refused by today's "finest" config too
+    with pytest.raises(SettingsMismatchError, match="DENSE_BOX_SOURCE = 'levelness' but"):
+        SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7)).load(str(tmp_path / "legacy.pth"))
+    SafeCheckpointer(get_model(SYNTHETIC_CONFIG, *P3_P7, *LEVELNESS_MAP)).load(
+        str(tmp_path / "legacy.pth")
+    )
     # with no record at all (weights only, or saved before any setting was recorded), the FPN
     # levels are read off the parameter names: a P3-P7 head's weights still do not half-load
     torch.save({"model": legacy["model"]}, tmp_path / "bare.pth")
@@ -286,6 +292,9 @@ def _head_levels(finest: int):
 
 
 P3_P7, P2_P6 = _head_levels(3), _head_levels(2)
+# the released dense box map (Eq. 15: levelness picks each cell's level) instead of the synthetic
+# config's finest-level map
+LEVELNESS_MAP = ("MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE", "levelness")
 
 
 def test_head_on_p2_to_p6_keeps_the_stride4_grid_and_trains(synthetic_root):

@@ -58,7 +58,17 @@ def test_no_levelness_equals_levelness_when_levelness_is_one_hot_on_the_right_le
 
 
 def test_no_levelness_config_runs_end_to_end():
-    model = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.USE_LEVELNESS", False).eval()
+    model = get_model(
+        SYNTHETIC_CONFIG,
+        "MODEL.BOX_PANOPTIC.USE_LEVELNESS",
+        False,
+        "MODEL.BOX_PANOPTIC.DENSE_BOX_SOURCE",
+        "levelness",
+    ).eval()
+    blank = [{"image": torch.zeros(3, 64, 96, dtype=torch.uint8)}]
+    with torch.no_grad():
+        out = model.network(model.preprocess_image(blank))
+    assert model.postprocessor.dense_boxes(out).dim() == 5  # every level's: (N, L, 4, h4, w4)
     with torch.no_grad():
         model.head.box_cls_logits.bias.fill_(3.0)
         out = model([{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)}])[0]
@@ -66,6 +76,8 @@ def test_no_levelness_config_runs_end_to_end():
     assert set(out["panoptic_seg"][0].unique().tolist()) - {0} == {
         s["id"] for s in out["panoptic_seg"][1]
     }
+    with pytest.raises(ValueError, match="USE_LEVELNESS False .* needs DENSE_BOX_SOURCE"):
+        get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.USE_LEVELNESS", False)
 
 
 def test_weak_mapper_never_reads_instance_masks(synthetic_root):

@@ -83,7 +83,7 @@ def sweep(
     """
     if not sigmas or not score_threshs:
         raise ValueError(
-            "sigma search: the grid is empty (give at least one sigma and one " "score threshold)"
+            "sigma search: the grid is empty (give at least one sigma and one score threshold)"
         )
     if cache.get("fingerprint") != fingerprint:
         raise CacheMismatchError(

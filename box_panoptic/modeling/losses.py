@@ -302,9 +302,9 @@ class BoxPanopticCriterion(nn.Module):
     def _dense_box_loss(self, out: Dict, t: BatchTargets) -> torch.Tensor:
         """Mean GIoU loss of B(p) (Eq. 15, read at the levelness *target*; the finest level with
         ``dense_box_source`` "finest") against the box of p's owner, over the stride-4 cells
-        with a thing owner (levelness target 1..L), averaged over workers. B(p) comes from :func:`~.mask_construction.boxes_at_levels`, as at
-        inference, so the loss sees the blend between neighbouring objects' resized
-        regressions too."""
+        with a thing owner (levelness target 1..L), averaged over workers. B(p) comes from
+        :func:`~.mask_construction.boxes_at_levels`, as at inference, so the loss sees the blend
+        between neighbouring objects' resized regressions too."""
         level, num_levels = t.levelness, len(out["box_reg"])  # (N, h4, w4): 0, 1..L, 255
         owned = ((level >= 1) & (level <= num_levels)).flatten(1)  # (N, h4 w4)
         if self.dense_box_source == "finest":

@@ -153,6 +153,11 @@ class BoxPanopticPostProcessor(nn.Module):
                 f"BoxPanoptic: unknown DENSE_BOX_SOURCE {dense_box_source!r} "
                 f"(one of {DENSE_BOX_SOURCES})"
             )
+        if dense_box_source != "levelness" and not use_levelness:
+            raise ValueError(
+                f"BoxPanoptic: USE_LEVELNESS False (every level's box per pixel) needs "
+                f"DENSE_BOX_SOURCE 'levelness', not {dense_box_source!r}"
+            )
         if not mask_thresh > 0:
             raise ValueError(f"BoxPanoptic: mask_thresh (sigma) must be > 0, got {mask_thresh}")
         self.strides = [int(s) for s in strides]
@@ -209,7 +214,7 @@ class BoxPanopticPostProcessor(nn.Module):
     def dense_boxes(self, out: Dict) -> torch.Tensor:
         """(N, 4, h4, w4) dense boxes (``dense_box_source``), or (N, L, 4, h4, w4) every level's
         boxes (levelness source with ``use_levelness`` False)."""
-        if self.dense_box_source != "levelness" or self.use_levelness:
+        if self.use_levelness:
             return dense_boxes(out["box_reg"], out["levelness"], self.dense_box_source, stride=4)
         size = tuple(out["levelness"].shape[-2:])
         return boxes_from_ltrb(resized_level_regressions(out["box_reg"], size), 4)
