@@ -15,7 +15,13 @@ from detectron2.structures import ImageList
 from detectron2.utils import comm
 
 from ..data.class_layout import class_layout_from_config
-from .mask_construction import DENSE_BOX_SOURCES, boxes_at_levels, dense_boxes, location_term
+from .mask_construction import (
+    DENSE_BOX_SOURCES,
+    boxes_at_levels,
+    dense_boxes,
+    finest_level_boxes,
+    location_term,
+)
 from .targets import BatchTargets, LocationAssignment, batch_targets, centerness_targets
 
 __all__ = ["BoxPanopticCriterion", "assignment_from_config", "dice_loss", "reduce_mean"]
@@ -308,7 +314,7 @@ class BoxPanopticCriterion(nn.Module):
         level, num_levels = t.levelness, len(out["box_reg"])  # (N, h4, w4): 0, 1..L, 255
         owned = ((level >= 1) & (level <= num_levels)).flatten(1)  # (N, h4 w4)
         if self.dense_box_source == "finest":
-            dense = boxes_at_levels(out["box_reg"][:1], torch.zeros_like(level), 4)
+            dense = finest_level_boxes(out["box_reg"], tuple(level.shape[-2:]), 4)
         else:
             dense = boxes_at_levels(out["box_reg"], (level - 1).clamp(0, num_levels - 1), 4)
         pred = dense.flatten(2).transpose(1, 2)  # (N, h4 w4, 4)

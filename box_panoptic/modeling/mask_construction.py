@@ -17,6 +17,7 @@ __all__ = [
     "dense_box_map",
     "DENSE_BOX_SOURCES",
     "dense_boxes",
+    "finest_level_boxes",
     "location_term",
     "soft_masks",
 ]
@@ -82,8 +83,14 @@ def dense_boxes(
         return dense_box_map(box_reg, levelness, stride)
     if source != "finest":
         raise ValueError(f"dense_boxes: unknown source {source!r} (one of {DENSE_BOX_SOURCES})")
-    n, _, h, w = levelness.shape
-    finest = levelness.new_zeros((n, h, w), dtype=torch.long)
+    return finest_level_boxes(box_reg, tuple(levelness.shape[-2:]), stride)
+
+
+def finest_level_boxes(box_reg: List[torch.Tensor], size: Tuple[int, int], stride: int = 4):
+    """The finest level's (N, 4, H_0, W_0) regression as boxes on a ``size`` grid of ``stride``
+    (bilinearly resized if coarser): (N, 4, h, w) XYXY, the "finest" dense box map."""
+    n, (h, w) = box_reg[0].shape[0], size
+    finest = torch.zeros((n, h, w), dtype=torch.long, device=box_reg[0].device)
     return boxes_at_levels(box_reg[:1], finest, stride)
 
 
