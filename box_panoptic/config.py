@@ -161,6 +161,10 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # owner's box. Unlike the FCOS box loss it weighs every cell of an object alike, edge cells and
     # the blend between touching objects included. Off by default (not in the paper).
     bp.DENSE_BOX_LOSS = False
+    # How loss_dense_box averages its cells: "cells" (every thing cell alike, so large objects
+    # dominate) or "instance" (each instance's cells averaged first, then the instances: a
+    # 100-px object counts as much as a 5000-px one, as in PQ).
+    bp.DENSE_BOX_LOSS_NORM = "cells"
     # Weak supervision (supplementary §3): boxes + semantic labels only, never instance masks;
     # pixel ownership by the smallest box containing it.
     bp.WEAK_SUPERVISION = False

@@ -634,3 +634,39 @@ def test_dense_box_source_finest_reads_and_trains_the_finest_level_everywhere():
         )
     with pytest.raises(ValueError, match="unknown DENSE_BOX_SOURCE 'nearest'"):
         BoxPanopticPostProcessor(strides=[4, 8], thing_semantic_ids=[1], dense_box_source="nearest")
+
+
+def test_dense_box_loss_instance_norm_weighs_every_instance_alike():
+    """DENSE_BOX_LOSS_NORM "instance": loss_dense_box is the mean over instances of each
+    instance's mean over its cells (a 9-cell object counts as much as a 24-cell one); "cells"
+    is the mean over all thing cells. Instances in different images are told apart even with
+    the same box; unknown norms are refused."""
+    from fvcore.nn import giou_loss
+
+    from box_panoptic.modeling.losses import _per_instance_weights
+
+    t, boxes, level, pts4 = _two_object_dense_box_targets()
+    h4, w4 = level.shape
+    x, y = pts4[:, 0].view(h4, w4), pts4[:, 1].view(h4, w4)
+    exact0 = torch.stack([x - 0, y - 0, 12 - x, 12 - y])[None]  # right for object 0 only
+    out = {"box_reg": [exact0, torch.zeros(1, 4, 4, 4)]}
+    owned1 = (level == 2).flatten()
+    pred = torch.tensor([0.0, 0, 12, 12]).expand(int(owned1.sum()), 4)
+    per_cell1 = giou_loss(pred, boxes[1].expand_as(pred), reduction="none")  # object 1's cells
+    assert per_cell1.min() > 0.1
+    cells = _dense_box_criterion(dense_box_source="finest")._dense_box_loss(out, t)
+    torch.testing.assert_close(cells, per_cell1.sum() / (9 + owned1.sum()))
+    crit = _dense_box_criterion(dense_box_source="finest", dense_box_loss_norm="instance")
+    inst = crit._dense_box_loss(out, t)
+    torch.testing.assert_close(inst, (0.0 + per_cell1.mean()) / 2)
+    # the weights: 1/9 on object 0's cells, 1/24 on object 1's, 0 elsewhere; two images with the
+    # same boxes are four instances
+    owned = ((level >= 1) & (level <= 2)).flatten()[None]
+    w = _per_instance_weights(owned.expand(2, -1), t.owner_boxes4.expand(2, -1, -1))
+    on0 = (level == 1).flatten()
+    torch.testing.assert_close(w[:, on0], torch.full((2, 9), 1 / 9))
+    torch.testing.assert_close(w[:, owned1], torch.full((2, int(owned1.sum())), 1 / 24))
+    assert w[:, ~owned[0]].abs().sum() == 0
+    torch.testing.assert_close(w.sum(), torch.tensor(4.0))
+    with pytest.raises(ValueError, match="dense_box_loss_norm"):
+        _dense_box_criterion(dense_box_loss_norm="pixels")

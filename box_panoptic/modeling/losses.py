@@ -96,6 +96,7 @@ class BoxPanopticCriterion(nn.Module):
     )
     BOX_LOSS_WEIGHTINGS = ("centerness", "uniform")
     MASK_LOSS_TYPES = ("bce", "dice")
+    DENSE_BOX_LOSS_NORMS = ("cells", "instance")
 
     @configurable
     def __init__(
@@ -114,6 +115,7 @@ class BoxPanopticCriterion(nn.Module):
         mask_loss_semantic_grad: bool = True,
         dense_box_loss: bool = False,
         dense_box_source: str = "levelness",
+        dense_box_loss_norm: str = "cells",
         loss_weights: Optional[Dict[str, float]] = None,
     ):
         """
@@ -137,6 +139,8 @@ class BoxPanopticCriterion(nn.Module):
                 mask loss and ``loss_dense_box`` read it there too; "finest" needs
                 ``dense_box_loss`` (the finest level's regression is otherwise trained only on
                 its own positives).
+            dense_box_loss_norm: "cells" (``loss_dense_box`` is the mean over thing cells) or
+                "instance" (the mean over instances of each instance's mean over its cells).
             box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
                 centerness target) or "uniform" (every positive alike, normalised by positives).
             loss_weights: {loss name: weight}; missing names weigh 1.
@@ -171,6 +175,9 @@ class BoxPanopticCriterion(nn.Module):
                 "BoxPanoptic: DENSE_BOX_SOURCE 'finest' needs DENSE_BOX_LOSS True (it is what "
                 "trains the finest level's regression at every thing cell)"
             )
+        self.dense_box_loss_norm = _one_of(
+            "dense_box_loss_norm", dense_box_loss_norm, self.DENSE_BOX_LOSS_NORMS
+        )
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
 
@@ -191,6 +198,7 @@ class BoxPanopticCriterion(nn.Module):
             "mask_loss_semantic_grad": bp.MASK_LOSS_SEMANTIC_GRAD,
             "dense_box_loss": bp.DENSE_BOX_LOSS,
             "dense_box_source": bp.DENSE_BOX_SOURCE,
+            "dense_box_loss_norm": bp.DENSE_BOX_LOSS_NORM,
             "loss_weights": {
                 "loss_cls": bp.LOSS_WEIGHT_CLS,
                 "loss_box": bp.LOSS_WEIGHT_BOX,
@@ -318,7 +326,30 @@ class BoxPanopticCriterion(nn.Module):
         else:
             dense = boxes_at_levels(out["box_reg"], (level - 1).clamp(0, num_levels - 1), 4)
         pred = dense.flatten(2).transpose(1, 2)  # (N, h4 w4, 4)
-        count = reduce_mean(owned.sum().float()).clamp(min=1.0)
+        if self.dense_box_loss_norm == "instance":
+            weight = _per_instance_weights(owned, t.owner_boxes4)  # (N, h4 w4)
+        else:
+            weight = owned.float()
+        count = reduce_mean(weight.sum()).clamp(min=1e-6)
         if not owned.any():
             return pred.sum() * 0
-        return giou_loss(pred[owned], t.owner_boxes4[owned], reduction="sum") / count
+        loss = giou_loss(pred[owned], t.owner_boxes4[owned], reduction="none")
+        return (loss * weight[owned]).sum() / count
+
+
+def _per_instance_weights(owned: torch.Tensor, owner_boxes: torch.Tensor) -> torch.Tensor:
+    """(N, M) weights that sum to 1 over each instance's owned cells, 0 elsewhere.
+
+    Args:
+        owned: (N, M) bool, the cells with a thing owner. owner_boxes: (N, M, 4) XYXY owner box
+            of each cell; cells of one image with the same owner box belong to one instance.
+    """
+    n, m = owned.shape
+    image = torch.arange(n, device=owned.device, dtype=owner_boxes.dtype)[:, None, None]
+    keys = torch.cat([image.expand(n, m, 1), owner_boxes], dim=2)[owned]  # (P, 5)
+    weight = torch.zeros((n, m), dtype=owner_boxes.dtype, device=owned.device)
+    if keys.shape[0] == 0:
+        return weight
+    _, inverse, counts = torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
+    weight[owned] = 1.0 / counts[inverse].to(weight.dtype)
+    return weight
