@@ -145,6 +145,7 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.LOSS_WEIGHT_LEVELNESS = 1.0
     bp.LOSS_WEIGHT_MASK = 1.0
     bp.LOSS_WEIGHT_DENSE_BOX = 1.0
+    bp.LOSS_WEIGHT_SEM_INSTANCE = 1.0
     # Optional loss on the constructed soft masks (METHOD §3.4). Off in weak supervision.
     bp.MASK_LOSS = False
     # Form of the mask loss per instance: "bce" (mean BCE over every stride-4 cell of the image:
@@ -165,6 +166,12 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # dominate) or "instance" (each instance's cells averaged first, then the instances: a
     # 100-px object counts as much as a 5000-px one, as in PQ).
     bp.DENSE_BOX_LOSS_NORM = "cells"
+    # Add loss_sem_instance: the semantic cross-entropy averaged over each thing's box, then over
+    # the instances, so every object counts alike whatever its size and class frequency (as
+    # Panoptic FPN's mask loss averages per RoI). loss_sem_seg's per-pixel mean is left as is: there
+    # the stuff pixels and the large objects dominate, and P_sem of small and rare things, which
+    # mask construction multiplies by, learns late. Off by default (not in the paper).
+    bp.SEM_INSTANCE_LOSS = False
     # Weak supervision (supplementary §3): boxes + semantic labels only, never instance masks;
     # pixel ownership by the smallest box containing it.
     bp.WEAK_SUPERVISION = False

@@ -670,3 +670,35 @@ def test_dense_box_loss_instance_norm_weighs_every_instance_alike():
     torch.testing.assert_close(w.sum(), torch.tensor(4.0))
     with pytest.raises(ValueError, match="dense_box_loss_norm"):
         _dense_box_criterion(dense_box_loss_norm="pixels")
+
+
+def test_instance_semantic_loss_is_the_mean_over_instances_of_the_box_mean_ce():
+    """loss_sem_instance: each thing's box contributes the mean CE of its labelled pixels (pixel
+    j covers [j, j + 1)), the instances alike whatever their size; ignored pixels and pixels in
+    no box give no gradient; an image without instances adds nothing."""
+    import torch.nn.functional as F
+
+    from box_panoptic.modeling.losses import BoxPanopticCriterion, instance_semantic_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 10, 12, requires_grad=True)
+    target = torch.randint(0, 3, (2, 10, 12))
+    target[0, 0, :] = 255
+    boxes = [torch.tensor([[0.0, 0, 4, 3], [2.5, 1, 12, 10]]), torch.zeros(0, 4)]
+    got = instance_semantic_loss(logits, target, boxes)
+    ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    # the reference, pixel by pixel: box 0 holds columns 0-3 of rows 1-2 (row 0 is ignored),
+    # box 1 (from x 2.5: centre 2.5 is in) columns 2-11 of rows 1-9
+    in0 = torch.zeros(10, 12, dtype=torch.bool)
+    in0[1:3, 0:4] = True
+    in1 = torch.zeros(10, 12, dtype=torch.bool)
+    in1[1:10, 2:12] = True
+    want = (ce[0][in0].mean() + ce[0][in1].mean()) / 2
+    torch.testing.assert_close(got, want)
+    got.backward()
+    grad = logits.grad.abs().sum(dim=1)
+    assert grad[0][in0 | in1].min() > 0
+    assert grad[0][~(in0 | in1)].abs().sum() == 0 and grad[1].abs().sum() == 0
+    assert BoxPanopticCriterion.LOSS_NAMES[-1] == "loss_sem_instance"
+    none = instance_semantic_loss(logits, target, [torch.zeros(0, 4), torch.zeros(0, 4)])
+    assert none.item() == 0 and none.requires_grad

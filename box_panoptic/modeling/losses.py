@@ -93,6 +93,7 @@ class BoxPanopticCriterion(nn.Module):
         "loss_levelness",
         "loss_mask",
         "loss_dense_box",
+        "loss_sem_instance",
     )
     BOX_LOSS_WEIGHTINGS = ("centerness", "uniform")
     MASK_LOSS_TYPES = ("bce", "dice")
@@ -116,6 +117,7 @@ class BoxPanopticCriterion(nn.Module):
         dense_box_loss: bool = False,
         dense_box_source: str = "levelness",
         dense_box_loss_norm: str = "cells",
+        sem_instance_loss: bool = False,
         loss_weights: Optional[Dict[str, float]] = None,
     ):
         """
@@ -141,6 +143,7 @@ class BoxPanopticCriterion(nn.Module):
                 its own positives).
             dense_box_loss_norm: "cells" (``loss_dense_box`` is the mean over thing cells) or
                 "instance" (the mean over instances of each instance's mean over its cells).
+            sem_instance_loss: add ``loss_sem_instance`` (:func:`instance_semantic_loss`).
             box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
                 centerness target) or "uniform" (every positive alike, normalised by positives).
             loss_weights: {loss name: weight}; missing names weigh 1.
@@ -178,6 +181,7 @@ class BoxPanopticCriterion(nn.Module):
         self.dense_box_loss_norm = _one_of(
             "dense_box_loss_norm", dense_box_loss_norm, self.DENSE_BOX_LOSS_NORMS
         )
+        self.sem_instance_loss = bool(sem_instance_loss)
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
 
@@ -199,6 +203,7 @@ class BoxPanopticCriterion(nn.Module):
             "dense_box_loss": bp.DENSE_BOX_LOSS,
             "dense_box_source": bp.DENSE_BOX_SOURCE,
             "dense_box_loss_norm": bp.DENSE_BOX_LOSS_NORM,
+            "sem_instance_loss": bp.SEM_INSTANCE_LOSS,
             "loss_weights": {
                 "loss_cls": bp.LOSS_WEIGHT_CLS,
                 "loss_box": bp.LOSS_WEIGHT_BOX,
@@ -207,6 +212,7 @@ class BoxPanopticCriterion(nn.Module):
                 "loss_levelness": bp.LOSS_WEIGHT_LEVELNESS,
                 "loss_mask": bp.LOSS_WEIGHT_MASK,
                 "loss_dense_box": bp.LOSS_WEIGHT_DENSE_BOX,
+                "loss_sem_instance": bp.LOSS_WEIGHT_SEM_INSTANCE,
             },
         }
 
@@ -228,6 +234,9 @@ class BoxPanopticCriterion(nn.Module):
             out["sem_seg"], size=padded, mode="bilinear", align_corners=False
         )
         losses["loss_sem_seg"] = _cross_entropy(sem_logits, t.sem_seg)
+        if self.sem_instance_loss:
+            boxes = [gt.boxes for gt in t.instances]
+            losses["loss_sem_instance"] = instance_semantic_loss(sem_logits, t.sem_seg, boxes)
         losses["loss_levelness"] = _cross_entropy(out["levelness"], t.levelness)
         if self.mask_loss:
             losses["loss_mask"] = self._mask_loss(out, t)
@@ -335,6 +344,37 @@ class BoxPanopticCriterion(nn.Module):
             return pred.sum() * 0
         loss = giou_loss(pred[owned], t.owner_boxes4[owned], reduction="none")
         return (loss * weight[owned]).sum() / count
+
+
+def instance_semantic_loss(
+    logits: torch.Tensor, target: torch.Tensor, boxes: List[torch.Tensor]
+) -> torch.Tensor:
+    """Semantic cross-entropy averaged over each thing's box, then over the instances (of all
+    workers): sum_g mean_{p in box g} CE(p) / G. Pixels with the ignore label 255 count in no box.
+
+    The pixel weights sum_g [p in box g] / area_g are an outer product per box, so the (H, W)
+    weight map is one (H, G) x (G, W) product, never a (G, H, W) tensor.
+
+    Args:
+        logits: (N, C, H, W). target: (N, H, W) long, 255 = ignore.
+        boxes: per image (G_i, 4) XYXY on the same pixel grid (pixel j covers [j, j + 1)).
+    """
+    ce = F.cross_entropy(logits, target, ignore_index=255, reduction="none")  # (N, H, W)
+    valid = (target != 255).to(ce.dtype)
+    h, w = ce.shape[-2:]
+    ys = torch.arange(h, device=ce.device, dtype=ce.dtype) + 0.5
+    xs = torch.arange(w, device=ce.device, dtype=ce.dtype) + 0.5
+    total, count = ce.sum() * 0, ce.new_zeros(())
+    for i, b in enumerate(boxes):
+        b = b.to(ce.dtype)
+        rows = ((ys >= b[:, 1:2]) & (ys < b[:, 3:4])).to(ce.dtype)  # (G, H)
+        cols = ((xs >= b[:, 0:1]) & (xs < b[:, 2:3])).to(ce.dtype)  # (G, W)
+        area = ((rows @ valid[i]) * cols).sum(dim=1)  # (G,) valid pixels in each box
+        keep = area > 0
+        weight = (rows[keep] / area[keep, None]).t() @ cols[keep]  # (H, W)
+        total = total + (ce[i] * weight).sum()
+        count = count + keep.sum()
+    return total / reduce_mean(count).clamp(min=1.0)
 
 
 def _per_instance_weights(owned: torch.Tensor, owner_boxes: torch.Tensor) -> torch.Tensor:
