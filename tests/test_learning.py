@@ -162,6 +162,33 @@ def test_learning_curve_tool_resumes_with_its_points(synthetic_root, tmp_path):
     assert "box_panoptic        6" in printed and (out / "curves.png").is_file()
 
 
+def test_learning_curve_tool_averages_over_seeds(synthetic_root, tmp_path):
+    """--seeds: one run per seed in its own folder, each point recorded with its seed, and the
+    table's mean rows are the means over the seeds."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    out = tmp_path / "lc"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "learning_curve.py"), "--dataset"]
+    cmd += ["synthetic_panoptic", "--models", "box_panoptic", "--eval-every", "2", "--threads", "1"]
+    cmd += ["--box-iters", "2", "--seeds", "7", "8", "--output-dir", str(out)]
+    cmd += ["--opts", "INPUT.MIN_SIZE_TEST", "0"]
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out / "curves.json") as f:
+        rows = json.load(f)["box_panoptic"]
+    assert [(p["seed"], p["iter"]) for p in rows] == [(7, 2), (8, 2)]
+    assert (out / "box_panoptic" / "seed7" / "model_final.pth").is_file()
+    assert (out / "box_panoptic" / "seed8" / "model_final.pth").is_file()
+    mean = [ln for ln in r.stdout.splitlines() if ln.startswith("box_panoptic   mean")]
+    assert len(mean) == 1
+    pq = float(mean[0].split()[4])
+    assert abs(pq - (rows[0]["PQ"] + rows[1]["PQ"]) / 2) < 0.051
+
+
 def test_panoptic_fpn_peer_speaks_the_dataset_layout():
     """Panoptic FPN's semantic target (0 = things, stuff 1..S) in, the dataset's ids out."""
     from detectron2.structures import Instances

@@ -15,6 +15,10 @@ curves.png, and a table is printed against iterations and against training time.
 
 Interrupted, it resumes: each model from its last checkpoint, with the recorded points and
 training time kept.
+
+``--seeds 7 8 9`` trains each model once per seed (OUTPUT_DIR/<model>/seed<S>) and compares the
+means over the seeds at each evaluation point: early points of a from-scratch run move by a
+factor of two between seeds, so one run says little about equal-iteration learning.
 """
 
 import argparse
@@ -66,8 +70,9 @@ class TrainTime(HookBase):
 class CurvePoint(HookBase):
     """Evaluate every ``every`` iterations (and after the last) and record a curve point."""
 
-    def __init__(self, name, every, timer, curves_path):
+    def __init__(self, name, every, timer, curves_path, seed=None):
         self.name, self.every, self.timer, self.path = name, every, timer, curves_path
+        self.seed = seed  # None: the config's, one run per model
 
     def _record(self, iteration):
         results = self.trainer.test(self.trainer.cfg, self.trainer.model)
@@ -79,14 +84,20 @@ class CurvePoint(HookBase):
             **{k: pq[k] for k in ("PQ", "PQ_th", "PQ_st")},
             "AP": results.get("bbox", {}).get("AP", float("nan")),
         }
+        if self.seed is not None:
+            row["seed"] = self.seed
         curves = load_curves(self.path)
-        curves[self.name] = [r for r in curves.get(self.name, []) if r["iter"] != iteration]
+        point = (iteration, self.seed)
+        curves[self.name] = [
+            r for r in curves.get(self.name, []) if (r["iter"], r.get("seed")) != point
+        ]
         curves[self.name].append(row)
-        curves[self.name].sort(key=lambda r: r["iter"])
+        curves[self.name].sort(key=lambda r: (r.get("seed") or -1, r["iter"]))
         atomic_write(self.path, lambda f: json.dump(curves, f, indent=1), text=True)
 
     def before_train(self):  # resumed at an evaluation point whose evaluation was interrupted
-        done = {r["iter"] for r in load_curves(self.path).get(self.name, [])}
+        rows = load_curves(self.path).get(self.name, [])
+        done = {r["iter"] for r in rows if r.get("seed") == self.seed}
         start = self.trainer.start_iter
         if start and start % self.every == 0 and start not in done:
             self._record(start)
@@ -104,6 +115,24 @@ def load_curves(path):
         return json.load(f)
 
 
+def mean_curve(rows):
+    """The mean over seeds at each iteration that every seed of ``rows`` reached: rows of
+    iter, train_s, PQ, PQ_th, PQ_st, AP and "seeds" (how many)."""
+    by_seed = {}
+    for r in rows:
+        by_seed.setdefault(r.get("seed"), {})[r["iter"]] = r
+    common = sorted(set.intersection(*(set(v) for v in by_seed.values()))) if by_seed else []
+    keys = ("train_s", "PQ", "PQ_th", "PQ_st", "AP")
+    return [
+        {
+            "iter": it,
+            **{k: sum(v[it][k] for v in by_seed.values()) / len(by_seed) for k in keys},
+            "seeds": len(by_seed),
+        }
+        for it in common
+    ]
+
+
 def box_config(a, name, iters):
     cfg = get_cfg()
     add_box_panoptic_config(cfg)
@@ -119,8 +148,11 @@ def box_config(a, name, iters):
     return cfg
 
 
-def train(a, name, iters, curves_path):
+def train(a, name, iters, curves_path, seed=None):
     cfg = box_config(a, name, iters)
+    if seed is not None:
+        cfg.SEED = seed
+        cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, f"seed{seed}")
     trainer_cls = Trainer
     if name == "panoptic_fpn":
         cfg, trainer_cls = panoptic_fpn_config(cfg), PanopticFPNTrainer
@@ -133,7 +165,7 @@ def train(a, name, iters, curves_path):
         def build_hooks(self):
             kept = [h for h in super().build_hooks() if not isinstance(h, hooks.EvalHook)]
             self.checkpointer.add_checkpointable("train_time", timer)
-            return [timer] + kept + [CurvePoint(name, every, timer, curves_path)]
+            return [timer] + kept + [CurvePoint(name, every, timer, curves_path, seed)]
 
     trainer = CurveTrainer(cfg)
     trainer.resume_or_load(resume=True)
@@ -143,16 +175,33 @@ def train(a, name, iters, curves_path):
 
 
 def table(curves):
+    """One line per recorded point; with several seeds, per seed and then the means; then the
+    comparisons at equal iterations and at half of Panoptic FPN's time (on the means)."""
+    seeded = any("seed" in r for rows in curves.values() for r in rows)
+
+    def col(seed):  # the seed column, only when some run has a seed of its own
+        return f"{seed!s:>5}" if seeded else ""
+
     lines = [
-        f"{'model':<14}{'iter':>7}{'train s':>9}{'PQ':>7}{'PQ_th':>7}{'PQ_st':>7}{'box AP':>8}"
+        f"{'model':<14}{col('seed')}{'iter':>7}{'train s':>9}{'PQ':>7}{'PQ_th':>7}{'PQ_st':>7}"
+        f"{'box AP':>8}"
     ]
+
+    def line(name, seed, r):
+        return (
+            f"{name:<14}{col(seed)}{r['iter']:>7}{r['train_s']:>9.0f}{r['PQ']:>7.1f}"
+            f"{r['PQ_th']:>7.1f}{r['PQ_st']:>7.1f}{r['AP']:>8.1f}"
+        )
+
+    means = {}
     for name in MODELS:
-        for r in curves.get(name, []):
-            lines.append(
-                f"{name:<14}{r['iter']:>7}{r['train_s']:>9.0f}{r['PQ']:>7.1f}{r['PQ_th']:>7.1f}"
-                f"{r['PQ_st']:>7.1f}{r['AP']:>8.1f}"
-            )
-    box, peer = curves.get("box_panoptic", []), curves.get("panoptic_fpn", [])
+        rows = curves.get(name, [])
+        for r in rows:
+            lines.append(line(name, r.get("seed", "cfg"), r))
+        means[name] = mean_curve(rows)
+        if len({r.get("seed") for r in rows}) > 1:
+            lines += [line(name, "mean", r) for r in means[name]]
+    box, peer = means["box_panoptic"], means["panoptic_fpn"]
     if box and peer:
         last = peer[-1]
         same = [r for r in box if r["iter"] == last["iter"]]
@@ -184,13 +233,14 @@ def plot(curves, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, color in zip(MODELS, ("tab:blue", "tab:orange")):
-        rows = curves.get(name, [])
+        rows = mean_curve(curves.get(name, []))
         if not rows:
             continue
         for ax, x in zip(axes, ("iter", "train_s")):
             xs = [r[x] for r in rows]
-            ax.plot(xs, [r["PQ"] for r in rows], "-o", color=color, label=f"{name} PQ")
-            ax.plot(xs, [r["PQ_th"] for r in rows], "--s", color=color, label=f"{name} PQ_th")
+            of = f" (mean of {rows[0]['seeds']} seeds)" if rows[0]["seeds"] > 1 else ""
+            ax.plot(xs, [r["PQ"] for r in rows], "-o", color=color, label=f"{name} PQ{of}")
+            ax.plot(xs, [r["PQ_th"] for r in rows], "--s", color=color, label=f"{name} PQ_th{of}")
     axes[0].set_xlabel("iterations")
     axes[1].set_xlabel("training time (s)")
     for ax in axes:
@@ -213,6 +263,14 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train each model once per seed and compare the means (default: one run, the "
+        "config's SEED)",
+    )
     p.add_argument("--output-dir", default="output/learning_curve")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="BoxPanoptic overrides")
     a = p.parse_args(argv)
@@ -223,7 +281,8 @@ def main(argv=None):
     curves_path = os.path.join(a.output_dir, "curves.json")
     iters = {"box_panoptic": a.box_iters, "panoptic_fpn": a.peer_iters}
     for name in a.models:
-        train(a, name, iters[name], curves_path)
+        for seed in a.seeds or [None]:
+            train(a, name, iters[name], curves_path, seed)
     curves = load_curves(curves_path)
     print(table(curves))
     print(f"plot: {plot(curves, os.path.join(a.output_dir, 'curves.png'))}")
