@@ -136,3 +136,48 @@ def test_table_layout():
     assert lines[0].split() == ["Class", "PQ", "SQ", "RQ", "Class", "PQ", "SQ", "RQ"]
     assert lines[1].split() == ["Mean", "58.81", "79.81", "72.32", "car", "60.55", "83.30", "72.69"]
     assert lines[2].split() == ["road", "97.58", "97.88", "99.69"]
+
+
+def test_object_masks_reports_each_things_best_iou_and_same_class_contact():
+    """object_masks: per non-crowd ground-truth thing its area, whether a thing of its class lies
+    within 2 px, and the best IoU of a predicted thing segment; stuff predictions never count."""
+    import numpy as np
+
+    from box_panoptic.evaluation.object_masks import object_masks, summarize_object_masks
+
+    gt = np.zeros((20, 40), np.uint32)
+    gt[0:10, 0:10] = 1  # class 1, touching 2
+    gt[0:10, 11:21] = 2  # class 1
+    gt[12:20, 30:40] = 3  # class 2, near 4 (another class): not "touching"
+    gt[12:20, 25:29] = 4
+    gt[0:4, 36:40] = 5  # a crowd region: no object
+    segs = [
+        {"id": 1, "category_id": 1, "isthing": 1},
+        {"id": 2, "category_id": 1, "isthing": 1},
+        {"id": 3, "category_id": 2, "isthing": 1},
+        {"id": 4, "category_id": 3, "isthing": 1},
+        {"id": 5, "category_id": 1, "isthing": 1, "iscrowd": 1},
+    ]
+    pred = np.zeros_like(gt)
+    pred[0:10, 0:21] = 7  # one segment over objects 1 and 2
+    pred[12:20, 30:35] = 8  # half of object 3
+    pred[12:20, 35:40] = 9  # the other half, as stuff
+    pred_segs = [
+        {"id": 7, "category_id": 0, "isthing": True},
+        {"id": 8, "category_id": 1, "isthing": True},
+        {"id": 9, "category_id": 4, "isthing": False},
+    ]
+    got = object_masks(gt, segs, pred, pred_segs)
+    assert [(o.area, o.touches_same_class) for o in got] == [
+        (100, True),
+        (100, True),
+        (80, False),
+        (32, False),
+    ]
+    assert got[0].iou == pytest.approx(100 / 210) and got[1].iou == pytest.approx(100 / 210)
+    assert got[2].iou == pytest.approx(40 / 80) and got[3].iou == 0.0
+    rows = summarize_object_masks(got)
+    assert [(r["touching"], r["n"]) for r in rows] == [(False, 2), (True, 2)]
+    assert rows[0]["mean_iou"] == pytest.approx(0.25) and rows[0]["matched"] == 0.0
+    with pytest.raises(ValueError, match="object_masks"):
+        object_masks(gt, segs, pred[:10], pred_segs)

@@ -59,6 +59,12 @@ def main(argv=None):
         "detections), 'semantics' (the semantic logits), 'dense' (the dense box map); e.g. "
         "'--oracle boxes' gives the PQ the masks reach with perfect detections",
     )
+    p.add_argument(
+        "--per-object",
+        action="store_true",
+        help="also print, per ground-truth thing size (px) and whether it touches a thing of its "
+        "class, how many there are, their mean mask IoU and the share above 0.5",
+    )
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides")
     a = p.parse_args(argv)
     if not a.sigmas or not a.score_threshs:
@@ -84,6 +90,7 @@ def main(argv=None):
         a.sigmas,
         a.score_threshs,
         oracle=a.oracle,
+        per_object=a.per_object,
     )
     print(f"{'sigma':>7}{'score':>7}{'PQ':>8}{'PQ_th':>8}{'PQ_st':>8}{'s':>7}")
     for r in rows:
@@ -91,6 +98,16 @@ def main(argv=None):
             f"{r['sigma']:>7.2f}{r['score_thresh']:>7.2f}{r['PQ']:>8.2f}{r['PQ_th']:>8.2f}"
             f"{r['PQ_st']:>8.2f}{r['seconds']:>7.2f}"
         )
+    for r in rows if a.per_object else []:
+        print(f"objects at sigma {r['sigma']:.2f}, score {r['score_thresh']:.2f}:")
+        print(f"{'area (px)':>16}{'touching':>10}{'n':>5}{'mean IoU':>10}{'IoU > 0.5':>11}")
+        for o in r["objects"]:
+            lo, hi = o["area"]
+            span = f"{lo:.0f}-{hi:.0f}" if hi != float("inf") else f">= {lo:.0f}"
+            print(
+                f"{span:>16}{'yes' if o['touching'] else 'no':>10}{o['n']:>5}"
+                f"{o['mean_iou']:>10.3f}{100 * o['matched']:>10.1f}%"
+            )
     best = max(rows, key=lambda r: r["PQ"])
     print(f"best: sigma {best['sigma']} score threshold {best['score_thresh']} PQ {best['PQ']:.2f}")
     sweep_s = sum(r["seconds"] for r in rows)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..modeling.meta_arch import output_sizes
+from .object_masks import object_masks, summarize_object_masks
 from .oracle import GroundTruthImage, apply_oracles
 from .panoptic_quality import PQStat, pq_image, summarize
 
@@ -72,12 +73,15 @@ def sweep(
     sigmas: Sequence[float],
     score_threshs: Sequence[float],
     oracle: Sequence[str] = (),
+    per_object: bool = False,
 ) -> List[Dict]:
     """PQ / PQ_th / PQ_st for every (sigma, score threshold) of the grid.
 
     Args:
         records: the dataset's detectron2 dicts (pan_seg_file_name, segments_info with
             contiguous ids), for the ground truth.
+        per_object: add "objects" to each row, the ground-truth things' mask IoUs by size and
+            touching (:func:`~.object_masks.summarize_object_masks`).
     Raises:
         ValueError for an empty grid; CacheMismatchError for a cache of another model/config.
     """
@@ -117,24 +121,24 @@ def sweep(
     rows = []
     for sigma, tau in itertools.product(sigmas, score_threshs):
         start = time.perf_counter()
-        stat = PQStat()
+        stat, objects = PQStat(), []
         for image_id, d in decoded:
             d = d.to(model.device)
             pan, segments = model.postprocessor.postprocess(d, sigma, tau)["panoptic_seg"]
             gt_ids, gt_segs = gt[image_id]
+            pan = pan.cpu().numpy().astype(np.uint32)
             stat.add(
                 pq_image(
-                    gt_ids,
-                    gt_segs,
-                    pan.cpu().numpy().astype(np.uint32),
-                    _to_dataset_segments(segments, meta),
-                    categories,
-                    image_id,
+                    gt_ids, gt_segs, pan, _to_dataset_segments(segments, meta), categories, image_id
                 )
             )
+            if per_object:
+                objects += object_masks(gt_ids, by_id[image_id]["segments_info"], pan, segments)
         res = summarize(stat, categories)
+        extra = {"objects": summarize_object_masks(objects)} if per_object else {}
         rows.append(
             {
+                **extra,
                 "sigma": sigma,
                 "score_thresh": tau,
                 "PQ": 100 * res["All"]["pq"],
