@@ -72,8 +72,8 @@ dataloader.test.mapper.augmentations[0].max_size = 192
 dataloader.test.num_workers = 0
 dataloader.evaluator.output_dir = f"{OUTPUT}/inference"
 
-# ---- schedule: 2200 iterations, LR 0.02, x0.1 at 1800 and 2100, 50 warm-up iterations
-MAX_ITER = 2200
+# ---- schedule: 2700 iterations, LR 0.02, x0.1 at 2200 and 2580, 50 warm-up iterations
+MAX_ITER = 2700
 optimizer = L(torch.optim.SGD)(
     params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
     lr=0.02,
@@ -82,7 +82,7 @@ optimizer = L(torch.optim.SGD)(
 )
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01], milestones=[1800, 2100], num_updates=MAX_ITER
+        values=[1.0, 0.1, 0.01], milestones=[2200, 2580], num_updates=MAX_ITER
     ),
     warmup_length=50 / MAX_ITER,
     warmup_factor=0.001,
