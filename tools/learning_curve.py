@@ -92,7 +92,7 @@ class CurvePoint(HookBase):
             r for r in curves.get(self.name, []) if (r["iter"], r.get("seed")) != point
         ]
         curves[self.name].append(row)
-        curves[self.name].sort(key=lambda r: (r.get("seed") or -1, r["iter"]))
+        curves[self.name].sort(key=lambda r: (r.get("seed", -1), r["iter"]))
         atomic_write(self.path, lambda f: json.dump(curves, f, indent=1), text=True)
 
     def before_train(self):  # resumed at an evaluation point whose evaluation was interrupted

@@ -339,7 +339,7 @@ class BoxPanopticCriterion(nn.Module):
             weight = _per_instance_weights(owned, t.owner_boxes4)  # (N, h4 w4)
         else:
             weight = owned.float()
-        count = reduce_mean(weight.sum()).clamp(min=1e-6)
+        count = reduce_mean(weight.sum()).clamp(min=1.0)  # cells or instances, as num_pos
         if not owned.any():
             return pred.sum() * 0
         loss = giou_loss(pred[owned], t.owner_boxes4[owned], reduction="none")
