@@ -92,6 +92,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # edge between touching objects; levelness and USE_LEVELNESS are then not read). Not in the
     # paper; "finest" requires DENSE_BOX_LOSS.
     bp.DENSE_BOX_SOURCE = "levelness"
+    # P_sem(p, c_j) for a query of thing class c_j: "class" (the release: the semantic
+    # probability of c_j) or "relative" (the summed probability of the thing classes, times
+    # p(c_j) / the likeliest thing class's probability; mask_construction.
+    # thing_semantic_probabilities). Inference and the mask loss. Not in the paper.
+    bp.THING_SEMANTICS = "class"
 
     # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------
     # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "assemble_argmax" (each pixel to the detection

@@ -23,6 +23,11 @@ def _model():
         0.2,
         "MODEL.BOX_PANOPTIC.OVERLAP_THRESH",
         0.0,
+        # the release's P_sem: the biases below give the thing classes equal logits, so with
+        # "relative" their soft masks tie to the last bit and ONNX Runtime's rounding would
+        # pick among them (the relative map's export: test_relative_thing_semantics_export)
+        "MODEL.BOX_PANOPTIC.THING_SEMANTICS",
+        "class",
         # a traced export keeps the fixed K candidates per window (a trace cannot hold a
         # data-dependent count); eager is compared on the same rule. With detections everywhere
         # on P2 some windows hold more than K.
@@ -197,6 +202,8 @@ def test_export_tool_writes_a_loadable_frozen_torchscript_artifact(tmp_path):
             "0.2",
             "MODEL.BOX_PANOPTIC.OVERLAP_THRESH",
             "0.0",
+            "MODEL.BOX_PANOPTIC.THING_SEMANTICS",
+            "class",  # as _model()
         ]
     )
     loaded = torch.jit.load(str(tmp_path / "out" / "model.ts"))
@@ -207,3 +214,41 @@ def test_export_tool_writes_a_loadable_frozen_torchscript_artifact(tmp_path):
         assert torch.equal(pan, expect) and len(table) > 0
     with pytest.raises(Exception, match=r"expected a \(3, H, W\) image"):
         loaded(torch.zeros(4, H, W, dtype=torch.uint8))
+
+
+def test_relative_thing_semantics_export_to_onnx():
+    """The relative P_sem (index_select, amax, index_copy) through ONNX Runtime, at a size other
+    than the traced one, equals eager to float rounding."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from box_panoptic.modeling.mask_construction import thing_semantic_probabilities
+
+    class Relative(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("thing_ids", torch.tensor([4, 1, 2]))
+
+        def forward(self, logits):
+            return thing_semantic_probabilities(logits.softmax(0), self.thing_ids, "relative")
+
+    g = torch.Generator().manual_seed(0)
+    traced, other = torch.randn(6, 8, 12, generator=g), torch.randn(6, 5, 7, generator=g) * 3
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/relative.onnx"
+        torch.onnx.export(
+            Relative(),
+            (traced,),
+            path,
+            input_names=["logits"],
+            dynamic_axes={"logits": {1: "h", 2: "w"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        sess = ort.InferenceSession(path)
+        for x in (traced, other):
+            (out,) = sess.run(None, {"logits": x.numpy()})
+            expected = Relative()(x)
+            torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-6, rtol=1e-5)
+            assert not torch.allclose(expected, x.softmax(0))  # the thing rows did change

@@ -48,12 +48,13 @@ def test_lazy_synthetic_model_equals_the_yacs_one(synthetic_root):
     assert lazy.criterion.assignment == ref.criterion.assignment
     for key in ("mask_thresh", "det_score_thresh", "stuff_area_min", "output_category_ids"):
         assert getattr(lazy.postprocessor, key) == getattr(ref.postprocessor, key), key
-    for key in ("dense_box_loss", "dense_box_source"):
+    for key in ("dense_box_loss", "dense_box_source", "thing_semantics"):
         assert getattr(lazy.criterion, key) == getattr(ref.criterion, key), key
     assert lazy.postprocessor.dense_box_source == ref.postprocessor.dense_box_source == "finest"
+    assert lazy.postprocessor.thing_semantics == ref.postprocessor.thing_semantics == "relative"
     # the LazyConfig sets the source twice; the two set apart would train one map and read another
     cfg.model.postprocessor.dense_box_source = "levelness"
-    with _no_yacs(), pytest.raises(ValueError, match="dense box map for source 'finest' but"):
+    with _no_yacs(), pytest.raises(ValueError, match="dense_box_source 'finest' but"):
         instantiate(cfg.model)
 
 

@@ -17,10 +17,12 @@ from detectron2.utils import comm
 from ..data.class_layout import class_layout_from_config
 from .mask_construction import (
     DENSE_BOX_SOURCES,
+    THING_SEMANTICS,
     boxes_at_levels,
     dense_boxes,
     finest_level_boxes,
     location_term,
+    thing_semantic_probabilities,
 )
 from .targets import BatchTargets, LocationAssignment, batch_targets, centerness_targets
 
@@ -116,6 +118,7 @@ class BoxPanopticCriterion(nn.Module):
         mask_loss_semantic_grad: bool = True,
         dense_box_loss: bool = False,
         dense_box_source: str = "levelness",
+        thing_semantics: str = "class",
         dense_box_loss_norm: str = "cells",
         sem_instance_loss: bool = False,
         loss_weights: Optional[Dict[str, float]] = None,
@@ -141,6 +144,8 @@ class BoxPanopticCriterion(nn.Module):
                 mask loss and ``loss_dense_box`` read it there too; "finest" needs
                 ``dense_box_loss`` (the finest level's regression is otherwise trained only on
                 its own positives).
+            thing_semantics: the mask loss's P_sem for thing queries
+                (``mask_construction.thing_semantic_probabilities``), as inference reads it.
             dense_box_loss_norm: "cells" (``loss_dense_box`` is the mean over thing cells) or
                 "instance" (the mean over instances of each instance's mean over its cells).
             sem_instance_loss: add ``loss_sem_instance`` (:func:`instance_semantic_loss`).
@@ -178,6 +183,7 @@ class BoxPanopticCriterion(nn.Module):
                 "BoxPanoptic: DENSE_BOX_SOURCE 'finest' needs DENSE_BOX_LOSS True (it is what "
                 "trains the finest level's regression at every thing cell)"
             )
+        self.thing_semantics = _one_of("thing_semantics", thing_semantics, THING_SEMANTICS)
         self.dense_box_loss_norm = _one_of(
             "dense_box_loss_norm", dense_box_loss_norm, self.DENSE_BOX_LOSS_NORMS
         )
@@ -202,6 +208,7 @@ class BoxPanopticCriterion(nn.Module):
             "mask_loss_semantic_grad": bp.MASK_LOSS_SEMANTIC_GRAD,
             "dense_box_loss": bp.DENSE_BOX_LOSS,
             "dense_box_source": bp.DENSE_BOX_SOURCE,
+            "thing_semantics": bp.THING_SEMANTICS,
             "dense_box_loss_norm": bp.DENSE_BOX_LOSS_NORM,
             "sem_instance_loss": bp.SEM_INSTANCE_LOSS,
             "loss_weights": {
@@ -299,9 +306,13 @@ class BoxPanopticCriterion(nn.Module):
         3.4, simpler variant) and the GT masks sampled on the stride-4 grid."""
         size4 = tuple(t.levelness.shape[-2:])
         dense = dense_boxes(out["box_reg"], out["levelness"], self.dense_box_source)  # (N,4,h4,w4)
-        sem_prob = F.interpolate(
-            out["sem_seg"], size=size4, mode="bilinear", align_corners=False
-        ).softmax(dim=1)
+        sem_prob = thing_semantic_probabilities(
+            F.interpolate(out["sem_seg"], size=size4, mode="bilinear", align_corners=False).softmax(
+                dim=1
+            ),
+            self.thing_ids,
+            self.thing_semantics,
+        )
         yi, xi = t.points4[:, 1].long(), t.points4[:, 0].long()
         terms = []
         for i, gt in enumerate(t.instances):

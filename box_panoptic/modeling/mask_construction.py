@@ -20,6 +20,8 @@ __all__ = [
     "finest_level_boxes",
     "location_term",
     "soft_masks",
+    "THING_SEMANTICS",
+    "thing_semantic_probabilities",
 ]
 
 
@@ -181,3 +183,36 @@ def soft_masks(
         loc = torch.stack([location_term(query, f, mode) for f in flat]).amax(dim=0)
     psem = sem_prob.reshape(sem_prob.shape[0], -1)[sem_class]
     return (loc * psem).reshape(-1, h, w)
+
+
+THING_SEMANTICS = ("class", "relative")
+
+
+def thing_semantic_probabilities(
+    sem_prob: torch.Tensor, thing_ids: torch.Tensor, mode: str = "class"
+) -> torch.Tensor:
+    """The P_sem(p, c) that soft masks read for a query of thing class c (step 5).
+
+    Args:
+        sem_prob: (..., C, h, w) semantic probabilities (softmax over C).
+        thing_ids: (K_th,) semantic index of each thing class.
+        mode: "class" (the release and the paper: P_sem(p, c) = p(c | p), returned unchanged) or
+            "relative": P_sem(p, c) = P_thing(p) * p(c | p) / max_{c' thing} p(c' | p), with
+            P_thing(p) the summed probability of the thing classes. Where c is the semantic
+            head's most likely thing class this is the probability that p is a thing at all;
+            where another thing class is likelier it falls by their ratio, so touching things
+            of different classes still part by semantics. Not in the paper (README, "Learning
+            things").
+    Returns:
+        (..., C, h, w): stuff rows unchanged, thing rows as ``mode`` says.
+    """
+    if mode == "class":
+        return sem_prob
+    if mode != "relative":
+        raise ValueError(
+            f"thing_semantic_probabilities: unknown mode {mode!r} (one of {THING_SEMANTICS})"
+        )
+    things = sem_prob.index_select(-3, thing_ids)  # (..., K_th, h, w)
+    p_thing = things.sum(dim=-3, keepdim=True)
+    relative = things / things.amax(dim=-3, keepdim=True).clamp(min=1e-12) * p_thing
+    return sem_prob.index_copy(-3, thing_ids, relative)

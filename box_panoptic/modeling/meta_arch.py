@@ -59,14 +59,18 @@ class BoxPanoptic(nn.Module):
         super().__init__()
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"BoxPanoptic: input_format must be BGR or RGB, got {input_format!r}")
-        trained = getattr(criterion, "dense_box_source", None)
-        read = getattr(postprocessor, "dense_box_source", None)
-        if trained is not None and read is not None and trained != read:
-            # a LazyConfig sets the two apart; a yaml config has one key for both
-            raise ValueError(
-                f"BoxPanoptic: the criterion trains the dense box map for source {trained!r} "
-                f"but the postprocessor reads it from {read!r} (DENSE_BOX_SOURCE)"
-            )
+        for key, name in (
+            ("dense_box_source", "DENSE_BOX_SOURCE"),
+            ("thing_semantics", "THING_SEMANTICS"),
+        ):
+            trained = getattr(criterion, key, None)
+            read = getattr(postprocessor, key, None)
+            if trained is not None and read is not None and trained != read:
+                # a LazyConfig sets the two apart; a yaml config has one key for both
+                raise ValueError(
+                    f"BoxPanoptic: the criterion trains with {key} {trained!r} but the "
+                    f"postprocessor reads {read!r} ({name})"
+                )
         self.backbone = backbone
         self.head = head
         self.sem_seg_head = sem_seg_head

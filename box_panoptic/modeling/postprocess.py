@@ -29,10 +29,12 @@ from .inference import decode_detections
 from .mask_candidates import soft_mask_candidates
 from .mask_construction import (
     DENSE_BOX_SOURCES,
+    THING_SEMANTICS,
     boxes_from_ltrb,
     dense_boxes,
     resized_level_regressions,
     soft_masks,
+    thing_semantic_probabilities,
 )
 from .semantic_labels import semantic_labels
 from .upsampling import Candidates, OutputGrid, output_grid
@@ -126,6 +128,7 @@ class BoxPanopticPostProcessor(nn.Module):
         location_term: str = "giou_plus1",
         use_levelness: bool = True,
         dense_box_source: str = "levelness",
+        thing_semantics: str = "class",
         assembly: str = "assemble_argmax",
         det_score_thresh: float = 0.3,
         overlap_thresh: float = 0.5,
@@ -158,6 +161,11 @@ class BoxPanopticPostProcessor(nn.Module):
                 f"BoxPanoptic: USE_LEVELNESS False (every level's box per pixel) needs "
                 f"DENSE_BOX_SOURCE 'levelness', not {dense_box_source!r}"
             )
+        if thing_semantics not in THING_SEMANTICS:
+            raise ValueError(
+                f"BoxPanoptic: unknown THING_SEMANTICS {thing_semantics!r} "
+                f"(one of {THING_SEMANTICS})"
+            )
         if not mask_thresh > 0:
             raise ValueError(f"BoxPanoptic: mask_thresh (sigma) must be > 0, got {mask_thresh}")
         self.strides = [int(s) for s in strides]
@@ -175,6 +183,7 @@ class BoxPanopticPostProcessor(nn.Module):
         self.location_term       = location_term
         self.use_levelness       = use_levelness
         self.dense_box_source    = dense_box_source
+        self.thing_semantics     = thing_semantics
         self.assembly            = assembly
         self.det_score_thresh    = det_score_thresh
         self.overlap_thresh      = overlap_thresh
@@ -201,6 +210,7 @@ class BoxPanopticPostProcessor(nn.Module):
             "location_term": bp.LOCATION_TERM,
             "use_levelness": bp.USE_LEVELNESS,
             "dense_box_source": bp.DENSE_BOX_SOURCE,
+            "thing_semantics": bp.THING_SEMANTICS,
             "assembly": bp.ASSEMBLY,
             "det_score_thresh": bp.DET_SCORE_THRESH,
             "overlap_thresh": bp.OVERLAP_THRESH,
@@ -256,8 +266,9 @@ class BoxPanopticPostProcessor(nn.Module):
 
     # ---- steps 4-7 -------------------------------------------------------------------------------
     def construct(self, d: DecodedImage) -> Tuple[torch.Tensor, torch.Tensor, OutputGrid]:
-        """Semantic logits (C, H, W) at output resolution, semantic probabilities (C, h4, w4) on
-        the stride-4 grid (step 4) and where the output pixels fall on that grid (step 6)."""
+        """Semantic logits (C, H, W) at output resolution, the semantic probabilities (C, h4, w4)
+        that soft masks read, on the stride-4 grid (step 4; thing rows as ``thing_semantics``
+        says), and where the output pixels fall on that grid (step 6)."""
         sem8 = d.sem_seg_stride8[None].contiguous()  # NCHW resizes faster on CPU
         h4, w4 = d.dense.shape[-2:]
         sem_prob4 = F.interpolate(sem8, size=(h4, w4), mode="bilinear", align_corners=False)
@@ -268,7 +279,10 @@ class BoxPanopticPostProcessor(nn.Module):
         else:
             sem_seg = sem_seg_postprocess(sem_full, d.image_size, *d.output_size)
         grid = output_grid((h4, w4), d.padded_size, d.image_size, d.output_size, sem8.device)
-        return sem_seg, sem_prob4[0].softmax(dim=0), grid
+        sem_prob4 = thing_semantic_probabilities(
+            sem_prob4[0].softmax(dim=0), self.thing_semantic_ids, self.thing_semantics
+        )
+        return sem_seg, sem_prob4, grid
 
     def soft_masks(self, d: DecodedImage, sem_prob4: torch.Tensor) -> torch.Tensor:
         """Soft masks S_j (D, h4, w4) on the stride-4 grid (step 5), all at once: the reference
