@@ -294,3 +294,25 @@ def test_zero_width_and_zero_height_boxes_are_dropped_in_weak_supervision(record
     boxes = d["instances"].gt_boxes.tensor
     assert len(boxes) == len(flat) - 1
     assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+
+
+def test_tools_leave_the_training_runs_output_dir_alone(tmp_path):
+    """A tool run on a training run's config (sigma search, diagnosis, export) reads OUTPUT_DIR
+    but must not overwrite the run's config.yaml nor add to its log.txt."""
+    from box_panoptic.engine import setup_for_tool
+
+    from .helpers import SYNTHETIC_CONFIG
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("the training run's config\n")
+    (run / "log.txt").write_text("the training run's log\n")
+    cfg = setup_for_tool(SYNTHETIC_CONFIG, ["OUTPUT_DIR", str(run), "SEED", "3"])
+    assert cfg.OUTPUT_DIR == str(run) and cfg.SEED == 3
+    assert (run / "config.yaml").read_text() == "the training run's config\n"
+    assert (run / "log.txt").read_text() == "the training run's log\n"
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "log.txt"]
+    # the config's seed is applied, as default_setup would
+    first = torch.rand(3)
+    setup_for_tool(SYNTHETIC_CONFIG, ["OUTPUT_DIR", str(run), "SEED", "3"])
+    assert torch.equal(torch.rand(3), first)

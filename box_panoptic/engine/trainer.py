@@ -2,7 +2,6 @@
 """detectron2's DefaultTrainer with box_panoptic's data path, evaluators and reliability hooks,
 and the config setup that ``train_net.py`` and the tools share."""
 
-import argparse
 import logging
 import os
 
@@ -11,6 +10,8 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SafeCheckpointer
 from ..compat import cpu_ddp
@@ -163,26 +164,29 @@ def log_skipped_samples(path) -> int:
     return total
 
 
-def setup(args):
-    """get_cfg, add_box_panoptic_config, the file, the command-line opts, freeze, default_setup."""
+def _config(config_file: str, opts):
     cfg = get_cfg()
     add_box_panoptic_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     cfg.freeze()
+    return cfg
+
+
+def setup(args):
+    """get_cfg, add_box_panoptic_config, the file, the command-line opts, freeze, default_setup."""
+    cfg = _config(args.config_file, args.opts)
     default_setup(cfg, args)
     return cfg
 
 
 def setup_for_tool(config_file: str, opts=()):
-    """:func:`setup` for the tools: one process, no training."""
-    return setup(
-        argparse.Namespace(
-            config_file=config_file,
-            opts=list(opts),
-            resume=False,
-            eval_only=True,
-            num_gpus=1,
-            machine_rank=0,
-        )
-    )
+    """The config for the tools (one process, no training), with console logging and the
+    config's seed. Unlike :func:`setup` it writes nothing into OUTPUT_DIR: a tool run with a
+    training run's config (sigma search, diagnosis, export) must not overwrite that run's
+    config.yaml nor add to its log.txt."""
+    cfg = _config(config_file, opts)
+    setup_logger(name="fvcore")
+    setup_logger()
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
+    return cfg
