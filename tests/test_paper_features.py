@@ -12,7 +12,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.events import EventStorage
 
 from box_panoptic.data import BoxPanopticDatasetMapper
-from box_panoptic.evaluation.sigma_search import CacheMismatchError, build_cache, sweep
+from box_panoptic.evaluation.sigma_search import (
+    POST_DECODE_KEYS,
+    CacheMismatchError,
+    build_cache,
+    cache_config_text,
+    sweep,
+)
 from box_panoptic.modeling.mask_construction import (
     boxes_from_ltrb,
     dense_box_map,
@@ -123,6 +129,48 @@ def test_weak_training_reduces_loss(synthetic_root):
             warmup.step()
             totals.append(total.item())
     assert sum(totals[-4:]) / 4 < 0.8 * sum(totals[:4]) / 4, str(totals)
+
+
+def test_sigma_cache_key_leaves_out_only_what_is_read_after_decoding(synthetic_root):
+    """A sweep may change the post-decode keys on one cache (they do not change the decoded
+    images it holds); anything decode() reads, the input size or the dataset needs a new one."""
+    val = "synthetic_panoptic_val"
+    cfg = get_cfg_from(SYNTHETIC_CONFIG)
+    assert all(k in cfg.MODEL.BOX_PANOPTIC for k in POST_DECODE_KEYS)
+    base = cache_config_text(cfg, val)
+    post = [
+        ("MODEL.BOX_PANOPTIC.THING_SEMANTICS", "class"),
+        ("MODEL.BOX_PANOPTIC.LOCATION_TERM", "iou"),
+        ("MODEL.BOX_PANOPTIC.MASK_THRESH", 0.5),
+        ("MODEL.BOX_PANOPTIC.DET_SCORE_THRESH", 0.5),
+        ("MODEL.BOX_PANOPTIC.ASSEMBLY", "assemble_paste"),
+        ("MODEL.BOX_PANOPTIC.STUFF_AREA_MIN", 0),
+        ("OUTPUT_DIR", "/elsewhere"),
+    ]
+    assert cache_config_text(get_cfg_from(SYNTHETIC_CONFIG, *sum(post, ())), val) == base
+    for opts in (
+        ("MODEL.BOX_PANOPTIC.PRE_NMS_THRESH", 0.01),
+        ("MODEL.BOX_PANOPTIC.POST_NMS_TOP_N", 50),
+        ("INPUT.MIN_SIZE_TEST", 0),
+    ):
+        assert cache_config_text(get_cfg_from(SYNTHETIC_CONFIG, *opts), val) != base, opts
+    assert cache_config_text(cfg, "synthetic_panoptic_train") != base
+    # the claim itself: models that differ in those keys decode an image identically
+    x = [BoxPanopticDatasetMapper(cfg, False)(DatasetCatalog.get(val)[0])]
+
+    def decoded(*opts):
+        model = get_model(SYNTHETIC_CONFIG, *opts).eval()
+        with torch.no_grad():
+            images = model.preprocess_image(x)
+            out = model.network(images)
+            (d,) = model.postprocessor.decode(out, images, [(128, 192)])
+        return d
+
+    ref = decoded()
+    for key, value in post[:-1]:
+        d = decoded(key, value)
+        for field in ("boxes", "scores", "classes", "dense", "sem_seg_stride8"):
+            assert torch.equal(getattr(d, field), getattr(ref, field)), (key, field)
 
 
 def test_sigma_sweep_matches_direct_evaluation_and_refuses_bad_input(synthetic_root):

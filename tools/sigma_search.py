@@ -36,6 +36,7 @@ from box_panoptic.engine import build_eval_model, setup_for_tool  # noqa: E402
 from box_panoptic.evaluation.oracle import ORACLE_PARTS  # noqa: E402
 from box_panoptic.evaluation.sigma_search import (  # noqa: E402
     build_cache,
+    cache_config_text,
     model_fingerprint,
     sweep,
 )
@@ -72,7 +73,7 @@ def main(argv=None):
     cfg = setup_for_tool(a.config_file, a.opts)
     model = build_eval_model(cfg)
     name = a.dataset or cfg.DATASETS.TEST[0]
-    fingerprint = model_fingerprint(model, cfg.dump())
+    fingerprint = model_fingerprint(model, cache_config_text(cfg, name))
     if os.path.isfile(a.cache):
         cache = torch.load(a.cache, map_location="cpu", weights_only=False)
         print(f"[sigma] using cache {a.cache}")

@@ -19,11 +19,45 @@ from .object_masks import object_masks, summarize_object_masks
 from .oracle import GroundTruthImage, apply_oracles
 from .panoptic_quality import PQStat, pq_image, summarize
 
-__all__ = ["CacheMismatchError", "model_fingerprint", "build_cache", "sweep"]
+__all__ = [
+    "CacheMismatchError",
+    "POST_DECODE_KEYS",
+    "cache_config_text",
+    "model_fingerprint",
+    "build_cache",
+    "sweep",
+]
+
+# MODEL.BOX_PANOPTIC keys read only after decoding (steps 4-7): the cache holds decoded images,
+# so a sweep may change these on one cache. Everything decode() reads (the NMS settings, the
+# dense box source, levelness) stays in the key.
+POST_DECODE_KEYS = (
+    "MASK_THRESH",
+    "DET_SCORE_THRESH",
+    "THING_SEMANTICS",
+    "LOCATION_TERM",
+    "ASSEMBLY",
+    "OVERLAP_THRESH",
+    "INSTANCE_AREA_MIN",
+    "STUFF_AREA_MIN",
+    "ASSEMBLY_CANDIDATES",
+    "ASSEMBLY_EXACT",
+)
 
 
 class CacheMismatchError(ValueError):
     """The cache was made by another model or configuration."""
+
+
+def cache_config_text(cfg, dataset: str) -> str:
+    """What a cache is keyed on besides the weights: the config without OUTPUT_DIR and
+    :data:`POST_DECODE_KEYS`, and the dataset the cache holds."""
+    c = cfg.clone()
+    c.defrost()
+    c.OUTPUT_DIR = ""
+    for key in POST_DECODE_KEYS:
+        c.MODEL.BOX_PANOPTIC[key] = None
+    return f"dataset: {dataset}\n{c.dump()}"
 
 
 def model_fingerprint(model: torch.nn.Module, cfg_dump: str) -> str:
