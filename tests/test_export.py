@@ -25,7 +25,8 @@ def _model():
         0.0,
         # the release's P_sem: the biases below give the thing classes equal logits, so with
         # "relative" their soft masks tie to the last bit and ONNX Runtime's rounding would
-        # pick among them (the relative map's export: test_relative_thing_semantics_export)
+        # pick among them (the relative map's export:
+        # test_relative_thing_semantics_export_to_onnx)
         "MODEL.BOX_PANOPTIC.THING_SEMANTICS",
         "class",
         # a traced export keeps the fixed K candidates per window (a trace cannot hold a

@@ -306,13 +306,10 @@ class BoxPanopticCriterion(nn.Module):
         3.4, simpler variant) and the GT masks sampled on the stride-4 grid."""
         size4 = tuple(t.levelness.shape[-2:])
         dense = dense_boxes(out["box_reg"], out["levelness"], self.dense_box_source)  # (N,4,h4,w4)
-        sem_prob = thing_semantic_probabilities(
-            F.interpolate(out["sem_seg"], size=size4, mode="bilinear", align_corners=False).softmax(
-                dim=1
-            ),
-            self.thing_ids,
-            self.thing_semantics,
-        )
+        sem_prob = F.interpolate(
+            out["sem_seg"], size=size4, mode="bilinear", align_corners=False
+        ).softmax(dim=1)
+        sem_prob = thing_semantic_probabilities(sem_prob, self.thing_ids, self.thing_semantics)
         yi, xi = t.points4[:, 1].long(), t.points4[:, 0].long()
         terms = []
         for i, gt in enumerate(t.instances):
