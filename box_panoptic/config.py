@@ -121,6 +121,19 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.ASSEMBLY_EXACT = True
     # Run the network on channels-last (NHWC) tensors: oneDNN's faster convolution path on CPUs.
     bp.CHANNELS_LAST = True
+    # Before every evaluation, choose MASK_THRESH and DET_SCORE_THRESH by the sigma search on a
+    # few images of a training dataset (never the evaluated one) and set the pair with the
+    # highest PQ there (box_panoptic.evaluation.calibration). Off: the configured pair, as the
+    # release. The choice is logged and written to OUTPUT_DIR/inference/threshold_calibration.json.
+    bp.CALIBRATION = CN()
+    bp.CALIBRATION.ENABLED = False
+    # The dataset to calibrate on; "" = the first of DATASETS.TRAIN.
+    bp.CALIBRATION.DATASET = ""
+    # Images used, spread evenly over the dataset.
+    bp.CALIBRATION.MAX_IMAGES = 50
+    # The grid (the configured pair is always tried as well, and wins ties).
+    bp.CALIBRATION.SIGMAS = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+    bp.CALIBRATION.SCORE_THRESHS = [0.05, 0.1, 0.2, 0.3]
 
     # ---- training (METHOD §3) --------------------------------------------------------------------
     # Size-of-interest boundaries between levels on m = max(l*, t*, r*, b*), in input pixels:

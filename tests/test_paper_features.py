@@ -145,6 +145,7 @@ def test_sigma_cache_key_leaves_out_only_what_is_read_after_decoding(synthetic_r
         ("MODEL.BOX_PANOPTIC.DET_SCORE_THRESH", 0.5),
         ("MODEL.BOX_PANOPTIC.ASSEMBLY", "assemble_paste"),
         ("MODEL.BOX_PANOPTIC.STUFF_AREA_MIN", 0),
+        ("MODEL.BOX_PANOPTIC.CALIBRATION.ENABLED", True),
         ("OUTPUT_DIR", "/elsewhere"),
     ]
     assert cache_config_text(get_cfg_from(SYNTHETIC_CONFIG, *sum(post, ())), val) == base

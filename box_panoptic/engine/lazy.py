@@ -22,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import SafeCheckpointer
 from ..compat import cpu_ddp
 from ..data.resumable import ResumableTrainLoader
+from ..evaluation.calibration import record_calibration
 from .preemption import PreemptionCheckpoint
 from .trainer import log_skipped_samples
 
@@ -52,9 +53,14 @@ def lazy_setup(args):
 
 def lazy_test(cfg, model):
     """Evaluate on ``dataloader.test`` with ``dataloader.evaluator``; {} without them (or with
-    either set to None)."""
+    either set to None). With ``dataloader.calibration`` (a
+    :class:`~box_panoptic.evaluation.calibration.ThresholdCalibrator`) the inference thresholds
+    are chosen on its images first."""
     if cfg.dataloader.get("evaluator") is None or cfg.dataloader.get("test") is None:
         return {}
+    if cfg.dataloader.get("calibration") is not None:
+        folder = cfg.dataloader.evaluator.get("output_dir")
+        record_calibration(instantiate(cfg.dataloader.calibration)(model), folder)
     results = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )

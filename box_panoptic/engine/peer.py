@@ -10,25 +10,48 @@ of ``tools/learning_curve.py``.
   thing, stuff 1..S, 255 ignore).
 * Outputs: back to the dataset's contiguous ids, so box_panoptic's evaluators score both models
   the same way (:class:`PanopticFPNOnLayout`).
+* Assembly: stuff segments below BoxPanoptic's ``STUFF_AREA_MIN`` become void, as in
+  BoxPanoptic's assembly (detectron2's 4096 px is an eighth of a 128x256 image). When
+  BoxPanoptic's threshold calibration is on, the peer's instance confidence threshold is chosen
+  on the same training images before each evaluation (:func:`calibrate_instance_confidence`).
 """
 
+import dataclasses
+import logging
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
 
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
 
 from ..data.class_layout import ClassLayout, class_layout_from_config
 from ..data.mapper import BoxPanopticDatasetMapper
 from ..evaluation import PanopticEvaluatorWithTables, PanopticInstanceEvaluator
+from ..evaluation.calibration import (
+    ThresholdCalibrator,
+    calibration_records,
+    calibrator_from_config,
+)
+from ..evaluation.sigma_search import panoptic_quality
 from .trainer import Trainer
 
-__all__ = ["PanopticFPNOnLayout", "PanopticFPNTrainer", "panoptic_fpn_config"]
+__all__ = [
+    "PEER_CONFIDENCES",
+    "PanopticFPNOnLayout",
+    "PanopticFPNTrainer",
+    "calibrate_instance_confidence",
+    "panoptic_fpn_config",
+]
+
+# The instance confidence thresholds the peer's calibration tries (detectron2's default: 0.5).
+PEER_CONFIDENCES = (0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 def object_scale(bp) -> float:
@@ -65,6 +88,7 @@ def panoptic_fpn_config(box_cfg):
     m.SEM_SEG_HEAD.NUM_CLASSES = layout.num_classes - layout.num_thing_classes + 1
     scale = object_scale(b.BOX_PANOPTIC)
     m.ANCHOR_GENERATOR.SIZES = [[s * scale] for s in (32, 64, 128, 256, 512)]
+    m.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = b.BOX_PANOPTIC.STUFF_AREA_MIN
     cfg.INPUT = box_cfg.INPUT.clone()
     cfg.INPUT.MASK_FORMAT = "bitmask"
     cfg.SOLVER = box_cfg.SOLVER.clone()
@@ -101,6 +125,28 @@ class PanopticFPNOnLayout(nn.Module):
     def device(self):
         return self.model.device
 
+    def to_layout(self, segments: List[Dict]) -> List[Dict]:
+        """Panoptic FPN's segments_info (thing classes; stuff 1..S) in the dataset's contiguous
+        ids, in place."""
+        for s in segments:
+            s["category_id"] = (self.thing_out if s["isthing"] else self.stuff_out)[
+                s["category_id"]
+            ]
+        return segments
+
+    def panoptic_at(self, output: Dict, confidence: float):
+        """detectron2's combination of one image's inner outputs ("sem_seg", "instances") with
+        instance confidence threshold ``confidence``, in the dataset's contiguous ids."""
+        inner = self.model
+        pan, segments = combine_semantic_and_instance_outputs(
+            output["instances"],
+            output["sem_seg"].argmax(dim=0),
+            inner.combine_overlap_thresh,
+            inner.combine_stuff_area_thresh,
+            confidence,
+        )
+        return pan, self.to_layout(segments)
+
     def forward(self, batched_inputs: List[Dict]):
         if self.training:
             inputs = [
@@ -110,10 +156,7 @@ class PanopticFPNOnLayout(nn.Module):
             return self.model(inputs)
         outputs = self.model(batched_inputs)
         for out in outputs:
-            pan, segments = out["panoptic_seg"]
-            for s in segments:
-                table = self.thing_out if s["isthing"] else self.stuff_out
-                s["category_id"] = table[s["category_id"]]
+            self.to_layout(out["panoptic_seg"][1])
             inst = out["instances"]
             inst.pred_classes = inst.pred_classes.new_tensor(self.thing_out)[inst.pred_classes]
             del out["sem_seg"]  # Panoptic FPN's own layout; not scored
@@ -138,6 +181,16 @@ class PanopticFPNTrainer(Trainer):
         return super().build_test_loader(cfg.BOX_PANOPTIC_LAYOUT_SOURCE, dataset_name)
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's test, after choosing the instance confidence threshold on BoxPanoptic's
+        calibration images when BoxPanoptic's config calibrates its own thresholds."""
+        calibrator = calibrator_from_config(cfg.BOX_PANOPTIC_LAYOUT_SOURCE)
+        if calibrator is not None:
+            result = calibrate_instance_confidence(model, calibrator)
+            logging.getLogger("box_panoptic").info(result.describe())
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return DatasetEvaluators(
@@ -146,3 +199,53 @@ class PanopticFPNTrainer(Trainer):
                 PanopticInstanceEvaluator(dataset_name, folder),
             ]
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerCalibration:
+    """The peer's instance confidence threshold chosen on ``num_images`` of ``dataset``: PQ
+    there per threshold tried (``pq``), the one chosen and the one it had before."""
+
+    dataset: str
+    num_images: int
+    confidence: float
+    before: float
+    pq: Dict[float, float]
+
+    def describe(self) -> str:
+        return (
+            f"Panoptic FPN instance confidence calibrated on {self.num_images} images of "
+            f"{self.dataset}: {self.confidence:g} (PQ {self.pq[self.confidence]:.2f} there; "
+            f"{self.before:g} gave {self.pq[self.before]:.2f})"
+        )
+
+
+def calibrate_instance_confidence(
+    model: PanopticFPNOnLayout,
+    calibrator: ThresholdCalibrator,
+    confidences: Sequence[float] = PEER_CONFIDENCES,
+) -> PeerCalibration:
+    """Set the threshold of ``confidences`` (and the model's own, which wins ties) that gives
+    the highest PQ on the calibrator's images: the peer's counterpart of BoxPanoptic's sigma and
+    score threshold calibration, on the same images read by the same mapper."""
+    net = getattr(model, "module", model)
+    inner = net.model
+    records = calibration_records(calibrator.dataset, calibrator.max_images)
+    meta = MetadataCatalog.get(calibrator.dataset)
+    before = float(inner.combine_instances_score_thresh)
+    was_training = net.training
+    net.eval()
+    outputs = {}  # the network once per image; each threshold re-runs the combination only
+    try:
+        with torch.no_grad():
+            for r in records:
+                outputs[r["image_id"]] = inner([calibrator.mapper(r)])[0]
+    finally:
+        net.train(was_training)
+    pq = {}
+    for c in [before] + sorted(set(map(float, confidences)) - {before}):
+        panoptic = {i: net.panoptic_at(out, c) for i, out in outputs.items()}
+        pq[c] = panoptic_quality(panoptic, records, meta)["PQ"]
+    best = max(pq, key=lambda c: (pq[c], c == before))  # ties: the model's own
+    inner.combine_instances_score_thresh = best
+    return PeerCalibration(calibrator.dataset, len(records), best, before, pq)

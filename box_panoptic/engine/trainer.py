@@ -24,6 +24,7 @@ from ..data.resumable import (
     count_skipped,
 )
 from ..evaluation import build_panoptic_evaluator
+from ..evaluation.calibration import calibrator_from_config, record_calibration
 from .preemption import PreemptionCheckpoint
 
 __all__ = [
@@ -93,6 +94,17 @@ class Trainer(DefaultTrainer):
             if isinstance(self._trainer.data_loader, ResumableTrainLoader):
                 self._trainer.data_loader.close()  # no worker may delay the exit
             report_skipped_samples(self.cfg)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's test, after choosing the inference thresholds on training images when
+        ``MODEL.BOX_PANOPTIC.CALIBRATION.ENABLED`` (:mod:`box_panoptic.evaluation.calibration`).
+        """
+        calibrator = calibrator_from_config(cfg)
+        if calibrator is not None:
+            folder = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.OUTPUT_DIR else None
+            record_calibration(calibrator(model), folder)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -8,7 +8,7 @@ import hashlib
 import itertools
 import json
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ __all__ = [
     "cache_config_text",
     "model_fingerprint",
     "build_cache",
+    "ground_truth",
+    "panoptic_quality",
     "sweep",
 ]
 
@@ -42,6 +44,7 @@ POST_DECODE_KEYS = (
     "STUFF_AREA_MIN",
     "ASSEMBLY_CANDIDATES",
     "ASSEMBLY_EXACT",
+    "CALIBRATION",  # chooses MASK_THRESH and DET_SCORE_THRESH before an evaluation
 )
 
 
@@ -89,6 +92,41 @@ def build_cache(model, data_loader, fingerprint: str) -> Dict:
     }
 
 
+def ground_truth(records: Sequence[Dict], meta) -> Tuple[Dict, Dict]:
+    """The categories of ``meta.panoptic_json`` ({dataset id: category}) and each record's
+    ground truth: {image_id: ((H, W) segment ids, segments_info in dataset ids)}."""
+    with open(meta.panoptic_json) as f:
+        categories = {c["id"]: c for c in json.load(f)["categories"]}
+    to_dataset = {
+        **{v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()},
+        **{v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()},
+    }
+    gt = {}
+    for r in records:
+        c = np.asarray(Image.open(r["pan_seg_file_name"]).convert("RGB"), dtype=np.uint32)
+        segs = [dict(s, category_id=to_dataset[s["category_id"]]) for s in r["segments_info"]]
+        gt[r["image_id"]] = (c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2], segs)
+    return categories, gt
+
+
+def panoptic_quality(predictions: Dict, records: Sequence[Dict], meta) -> Dict:
+    """PQ / PQ_th / PQ_st (percent) of ``predictions`` {image_id: detectron2's "panoptic_seg"
+    output (ids (H, W), segments_info in contiguous ids)} against ``records``."""
+    categories, gt = ground_truth(records, meta)
+    stat = PQStat()
+    for image_id, (pan, segments) in predictions.items():
+        gt_ids, gt_segs = gt[image_id]
+        pan = np.asarray(pan.cpu() if torch.is_tensor(pan) else pan).astype(np.uint32)
+        segs = _to_dataset_segments(segments, meta)
+        stat.add(pq_image(gt_ids, gt_segs, pan, segs, categories, image_id))
+    res = summarize(stat, categories)
+    return {
+        "PQ": 100 * res["All"]["pq"],
+        "PQ_th": 100 * res["Things"]["pq"],
+        "PQ_st": 100 * res["Stuff"]["pq"],
+    }
+
+
 def _to_dataset_segments(segments, meta) -> List[Dict]:
     thing = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     stuff = {v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()}
@@ -130,20 +168,14 @@ def sweep(
         )
     if any("decoded" not in item for item in cache.get("items", [])):
         raise CacheMismatchError("sigma search: the cache is of an older format; rebuild it")
-    with open(meta.panoptic_json) as f:
-        categories = {c["id"]: c for c in json.load(f)["categories"]}
-    to_dataset = {
-        **{v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()},
-        **{v: k for k, v in meta.stuff_dataset_id_to_contiguous_id.items()},
-    }
-    gt = {}
+    categories, gt = ground_truth(records, meta)
     by_id = {r["image_id"]: r for r in records}
-    output_ids = model.postprocessor.output_category_ids or range(len(to_dataset))
+    contiguous = {
+        *meta.thing_dataset_id_to_contiguous_id.values(),
+        *meta.stuff_dataset_id_to_contiguous_id.values(),
+    }
+    output_ids = model.postprocessor.output_category_ids or range(len(contiguous))
     semantic_of = {int(c): i for i, c in enumerate(output_ids)}
-    for r in records:
-        c = np.asarray(Image.open(r["pan_seg_file_name"]).convert("RGB"), dtype=np.uint32)
-        segs = [dict(s, category_id=to_dataset[s["category_id"]]) for s in r["segments_info"]]
-        gt[r["image_id"]] = (c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2], segs)
     decoded = []  # (image id, outputs), the oracle parts replaced once for the whole grid
     for item in cache["items"]:
         image_id, d = item["image_id"], item["decoded"]
@@ -169,6 +201,17 @@ def sweep(
             if per_object:
                 objects += object_masks(gt_ids, by_id[image_id]["segments_info"], pan, segments)
         res = summarize(stat, categories)
+        import os
+
+        if os.environ.get("BP_DEBUG_CLASSES"):
+            for cid, v in res["per_class"].items():
+                if categories[cid]["isthing"]:
+                    print(
+                        "   ",
+                        categories[cid]["name"],
+                        "PQ %.1f SQ %.1f tp %d fp %d fn %d"
+                        % (100 * v["pq"], 100 * v["sq"], v["tp"], v["fp"], v["fn"]),
+                    )
         extra = {"objects": summarize_object_masks(objects)} if per_object else {}
         rows.append(
             {
