@@ -139,8 +139,9 @@ def test_trainer_test_calibrates_on_the_training_set_first(synthetic_root, tmp_p
     with open(tmp_path / "inference" / "threshold_calibration.json") as f:
         choice = json.load(f)
     assert choice["dataset"] == TRAIN and choice["num_images"] == 6
-    pair = (model.postprocessor.mask_thresh, model.postprocessor.det_score_thresh)
-    assert pair == (choice["sigma"], choice["score_thresh"])
+    # the model has its own pair back: the next evaluation starts where this one did
+    assert (model.postprocessor.mask_thresh, model.postprocessor.det_score_thresh) == (0.3, 0.1)
+    pair = (choice["sigma"], choice["score_thresh"])
     assert choice["pq"] == max(g["PQ"] for g in choice["grid"])
     plain_cfg = test_cfg.clone()
     plain_cfg.MODEL.BOX_PANOPTIC.CALIBRATION.ENABLED = False
@@ -184,9 +185,13 @@ def test_lazy_config_calibrates_before_its_evaluation(synthetic_root, tmp_path):
     results = lazy_test(cfg, model)
     with open(tmp_path / "threshold_calibration.json") as f:
         choice = json.load(f)
-    assert choice["num_images"] == 4 and "PQ" in results["panoptic_seg"]
-    pair = (model.postprocessor.mask_thresh, model.postprocessor.det_score_thresh)
-    assert pair == (choice["sigma"], choice["score_thresh"])
+    assert choice["num_images"] == 4 and choice["before_sigma"] == 0.3
+    assert (model.postprocessor.mask_thresh, model.postprocessor.det_score_thresh) == (0.3, 0.1)
+    fresh = _detecting_model()
+    fresh.postprocessor.mask_thresh = choice["sigma"]
+    fresh.postprocessor.det_score_thresh = choice["score_thresh"]
+    del cfg.dataloader.calibration
+    assert lazy_test(cfg, fresh)["panoptic_seg"] == results["panoptic_seg"]
 
 
 def test_peer_calibrates_its_instance_confidence_on_the_same_images(synthetic_root, tmp_path):

@@ -14,7 +14,8 @@ wall time counts the training steps only. The curves go to OUTPUT_DIR/curves.jso
 curves.png, and a table is printed against iterations and against training time.
 
 Interrupted, it resumes: each model from its last checkpoint, with the recorded points and
-training time kept.
+training time kept. ``--reevaluate`` trains nothing and evaluates the recorded points again from
+their checkpoints, when only the evaluation has changed.
 
 ``--seeds 7 8 9`` trains each model once per seed (OUTPUT_DIR/<model>/seed<S>) and compares the
 means over the seeds at each evaluation point: early points of a from-scratch run move by a
@@ -41,6 +42,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from box_panoptic import add_box_panoptic_config  # noqa: E402
 from box_panoptic.atomic_file import atomic_write  # noqa: E402
+from box_panoptic.checkpoint import SafeCheckpointer  # noqa: E402
 from box_panoptic.engine import Trainer  # noqa: E402
 from box_panoptic.engine.peer import PanopticFPNTrainer, panoptic_fpn_config  # noqa: E402
 
@@ -77,15 +79,7 @@ class CurvePoint(HookBase):
     def _record(self, iteration):
         results = self.trainer.test(self.trainer.cfg, self.trainer.model)
         self.trainer.model.train()
-        pq = results["panoptic_seg"]
-        row = {
-            "iter": iteration,
-            "train_s": round(self.timer.total, 1),
-            **{k: pq[k] for k in ("PQ", "PQ_th", "PQ_st")},
-            "AP": results.get("bbox", {}).get("AP", float("nan")),
-        }
-        if self.seed is not None:
-            row["seed"] = self.seed
+        row = curve_row(results, iteration, self.timer.total, self.seed)
         curves = load_curves(self.path)
         point = (iteration, self.seed)
         curves[self.name] = [
@@ -148,7 +142,8 @@ def box_config(a, name, iters):
     return cfg
 
 
-def train(a, name, iters, curves_path, seed=None):
+def run_config(a, name, iters, seed=None):
+    """The frozen config and trainer class of one run (one model, one seed)."""
     cfg = box_config(a, name, iters)
     if seed is not None:
         cfg.SEED = seed
@@ -157,6 +152,47 @@ def train(a, name, iters, curves_path, seed=None):
     if name == "panoptic_fpn":
         cfg, trainer_cls = panoptic_fpn_config(cfg), PanopticFPNTrainer
     cfg.freeze()
+    return cfg, trainer_cls
+
+
+def curve_row(results, iteration, train_s, seed=None):
+    """One curve point from a trainer's test results."""
+    pq = results["panoptic_seg"]
+    row = {
+        "iter": iteration,
+        "train_s": round(train_s, 1),
+        **{k: pq[k] for k in ("PQ", "PQ_th", "PQ_st")},
+        "AP": results.get("bbox", {}).get("AP", float("nan")),
+    }
+    if seed is not None:
+        row["seed"] = seed
+    return row
+
+
+def reevaluate(a, name, curves_path, seed=None):
+    """Evaluate a finished run's recorded points again from their checkpoints
+    (``model_<iter - 1>.pth``) with today's evaluation settings, keeping their training times:
+    evaluation changes (thresholds, calibration, the peer's assembly) without retraining."""
+    cfg, trainer_cls = run_config(a, name, 1, seed)
+    curves = load_curves(curves_path)
+    rows = [r for r in curves.get(name, []) if r.get("seed") == seed]
+    if not rows:
+        sys.exit(
+            f"learning_curve: {curves_path} has no {name} points"
+            + (f" of seed {seed}" if seed is not None else "")
+        )
+    model = trainer_cls.build_model(cfg)
+    for row in rows:
+        path = os.path.join(cfg.OUTPUT_DIR, f"model_{row['iter'] - 1:07d}.pth")
+        if not os.path.isfile(path):
+            sys.exit(f"learning_curve: no checkpoint {path} to re-evaluate iteration {row['iter']}")
+        SafeCheckpointer(model).load(path)
+        row.update(curve_row(trainer_cls.test(cfg, model), row["iter"], row["train_s"], seed))
+        atomic_write(curves_path, lambda f: json.dump(curves, f, indent=1), text=True)
+
+
+def train(a, name, iters, curves_path, seed=None):
+    cfg, trainer_cls = run_config(a, name, iters, seed)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     timer = TrainTime()
     every = a.eval_every
@@ -272,6 +308,12 @@ def main(argv=None):
         "config's SEED)",
     )
     p.add_argument("--output-dir", default="output/learning_curve")
+    p.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="train nothing: evaluate the recorded points of --models (and --seeds) again from "
+        "their checkpoints with the current evaluation settings, keeping their training times",
+    )
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="BoxPanoptic overrides")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -282,7 +324,10 @@ def main(argv=None):
     iters = {"box_panoptic": a.box_iters, "panoptic_fpn": a.peer_iters}
     for name in a.models:
         for seed in a.seeds or [None]:
-            train(a, name, iters[name], curves_path, seed)
+            if a.reevaluate:
+                reevaluate(a, name, curves_path, seed)
+            else:
+                train(a, name, iters[name], curves_path, seed)
     curves = load_curves(curves_path)
     print(table(curves))
     print(f"plot: {plot(curves, os.path.join(a.output_dir, 'curves.png'))}")

@@ -22,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import SafeCheckpointer
 from ..compat import cpu_ddp
 from ..data.resumable import ResumableTrainLoader
-from ..evaluation.calibration import record_calibration
+from ..evaluation.calibration import calibrated_thresholds
 from .preemption import PreemptionCheckpoint
 from .trainer import log_skipped_samples
 
@@ -55,15 +55,15 @@ def lazy_test(cfg, model):
     """Evaluate on ``dataloader.test`` with ``dataloader.evaluator``; {} without them (or with
     either set to None). With ``dataloader.calibration`` (a
     :class:`~box_panoptic.evaluation.calibration.ThresholdCalibrator`) the inference thresholds
-    are chosen on its images first."""
+    are chosen on its images first, for this evaluation."""
     if cfg.dataloader.get("evaluator") is None or cfg.dataloader.get("test") is None:
         return {}
-    if cfg.dataloader.get("calibration") is not None:
-        folder = cfg.dataloader.evaluator.get("output_dir")
-        record_calibration(instantiate(cfg.dataloader.calibration)(model), folder)
-    results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
-    )
+    spec = cfg.dataloader.get("calibration")
+    calibrator = None if spec is None else instantiate(spec)
+    with calibrated_thresholds(model, calibrator, cfg.dataloader.evaluator.get("output_dir")):
+        results = inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        )
     if comm.is_main_process():
         print_csv_format(results)
     return results

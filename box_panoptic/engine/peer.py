@@ -182,13 +182,20 @@ class PanopticFPNTrainer(Trainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """detectron2's test, after choosing the instance confidence threshold on BoxPanoptic's
-        calibration images when BoxPanoptic's config calibrates its own thresholds."""
+        """detectron2's test, with the instance confidence threshold chosen on BoxPanoptic's
+        calibration images when BoxPanoptic's config calibrates its own thresholds (the
+        model's own threshold is given back afterwards)."""
         calibrator = calibrator_from_config(cfg.BOX_PANOPTIC_LAYOUT_SOURCE)
-        if calibrator is not None:
+        if calibrator is None:
+            return super().test(cfg, model, evaluators)
+        inner = getattr(model, "module", model).model
+        own = inner.combine_instances_score_thresh
+        try:
             result = calibrate_instance_confidence(model, calibrator)
             logging.getLogger("box_panoptic").info(result.describe())
-        return super().test(cfg, model, evaluators)
+            return super().test(cfg, model, evaluators)
+        finally:
+            inner.combine_instances_score_thresh = own
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -24,7 +24,7 @@ from ..data.resumable import (
     count_skipped,
 )
 from ..evaluation import build_panoptic_evaluator
-from ..evaluation.calibration import calibrator_from_config, record_calibration
+from ..evaluation.calibration import calibrated_thresholds, calibrator_from_config
 from .preemption import PreemptionCheckpoint
 
 __all__ = [
@@ -97,14 +97,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """detectron2's test, after choosing the inference thresholds on training images when
-        ``MODEL.BOX_PANOPTIC.CALIBRATION.ENABLED`` (:mod:`box_panoptic.evaluation.calibration`).
-        """
-        calibrator = calibrator_from_config(cfg)
-        if calibrator is not None:
-            folder = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.OUTPUT_DIR else None
-            record_calibration(calibrator(model), folder)
-        return super().test(cfg, model, evaluators)
+        """detectron2's test, with the inference thresholds chosen on training images when
+        ``MODEL.BOX_PANOPTIC.CALIBRATION.ENABLED`` (:mod:`box_panoptic.evaluation.calibration`;
+        the model's own pair is given back afterwards)."""
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.OUTPUT_DIR else None
+        with calibrated_thresholds(model, calibrator_from_config(cfg), folder):
+            return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -14,6 +14,7 @@ Every process calibrates on the same images in the same order (no sharding, no c
 all of them choose the same pair.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,6 +38,7 @@ __all__ = [
     "ThresholdCalibration",
     "ThresholdCalibrator",
     "calibration_records",
+    "calibrated_thresholds",
     "calibrator_from_config",
     "record_calibration",
 ]
@@ -128,7 +130,8 @@ class ThresholdCalibrator:
             raise ValueError(f"threshold calibration: every sigma must be > 0, got {bad}")
 
     def __call__(self, model: torch.nn.Module) -> ThresholdCalibration:
-        """Calibrate ``model`` (a BoxPanoptic meta-architecture, or DDP around one) in place."""
+        """Calibrate ``model`` (a BoxPanoptic meta-architecture, or DDP around one) in place
+        (:func:`calibrated_thresholds` gives its own pair back afterwards)."""
         net = getattr(model, "module", model)
         post = net.postprocessor
         before = (float(post.mask_thresh), float(post.det_score_thresh))
@@ -193,6 +196,25 @@ def calibrator_from_config(cfg) -> Optional[ThresholdCalibrator]:
         score_threshs=tuple(node.SCORE_THRESHS),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
+
+
+@contextlib.contextmanager
+def calibrated_thresholds(model: torch.nn.Module, calibrator, output_dir: Optional[str]):
+    """Within the block the model's post-processor uses the pair ``calibrator`` chooses (logged
+    and written by :func:`record_calibration`); after it, its own pair again, so every
+    evaluation calibrates from the same starting point whatever was evaluated before (a resumed
+    run chooses as an uninterrupted one). ``calibrator`` None: nothing changes."""
+    if calibrator is None:
+        yield None
+        return
+    post = getattr(model, "module", model).postprocessor
+    own = (post.mask_thresh, post.det_score_thresh)
+    try:
+        result = calibrator(model)
+        record_calibration(result, output_dir)
+        yield result
+    finally:
+        post.mask_thresh, post.det_score_thresh = own
 
 
 def record_calibration(result: ThresholdCalibration, output_dir: Optional[str]) -> None:
