@@ -50,6 +50,8 @@ __all__ = [
     "panoptic_fpn_config",
 ]
 
+logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
+
 # The instance confidence thresholds the peer's calibration tries (detectron2's default: 0.5).
 PEER_CONFIDENCES = (0.2, 0.3, 0.4, 0.5, 0.6)
 
@@ -192,7 +194,7 @@ class PanopticFPNTrainer(Trainer):
         own = inner.combine_instances_score_thresh
         try:
             result = calibrate_instance_confidence(model, calibrator)
-            logging.getLogger("box_panoptic").info(result.describe())
+            logger.info(result.describe())
             return super().test(cfg, model, evaluators)
         finally:
             inner.combine_instances_score_thresh = own

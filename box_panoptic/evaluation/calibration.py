@@ -46,7 +46,7 @@ __all__ = [
 DEFAULT_SIGMAS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 DEFAULT_SCORE_THRESHS = (0.05, 0.1, 0.2, 0.3)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2." + __name__)  # shown by detectron2's logger setup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +220,7 @@ def calibrated_thresholds(model: torch.nn.Module, calibrator, output_dir: Option
 def record_calibration(result: ThresholdCalibration, output_dir: Optional[str]) -> None:
     """Log ``result`` and, on the main process, write it to ``output_dir``/
     threshold_calibration.json."""
-    logging.getLogger("box_panoptic").info(result.describe())
+    logger.info(result.describe())
     if output_dir and comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
         atomic_write(
