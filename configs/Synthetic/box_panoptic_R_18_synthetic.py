@@ -74,10 +74,10 @@ dataloader.test.mapper.augmentations[0].short_edge_length = 128
 dataloader.test.mapper.augmentations[0].max_size = 192
 dataloader.test.num_workers = 0
 dataloader.evaluator.output_dir = f"{OUTPUT}/inference"
-# the inference thresholds chosen on 50 training images before each evaluation (the yaml's
+# the inference thresholds chosen on the training images before each evaluation (the yaml's
 # MODEL.BOX_PANOPTIC.CALIBRATION)
 dataloader.calibration = L(ThresholdCalibrator)(
-    dataset=TRAIN, mapper="${..test.mapper}", max_images=50, num_workers=0
+    dataset=TRAIN, mapper="${..test.mapper}", max_images=200, num_workers=0
 )
 
 # ---- schedule: 2700 iterations, LR 0.02, x0.1 at 2200 and 2580, 50 warm-up iterations
