@@ -9,7 +9,7 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from box_panoptic.data import BoxPanopticDatasetMapper
+from box_panoptic.data import BoxPanopticDatasetMapper, PanopticDatasetError
 from box_panoptic.engine.lazy import lazy_test
 from box_panoptic.engine.peer import (
     PanopticFPNTrainer,
@@ -225,3 +225,23 @@ def test_peer_calibrates_its_instance_confidence_on_the_same_images(synthetic_ro
     best = max(result.pq.values())
     assert result.pq[result.confidence] == best
     assert result.confidence == 0.5 or result.pq[0.5] < best  # the model's own wins ties
+
+
+def test_calibration_skips_unreadable_images_only_when_training_does(synthetic_root, tmp_path):
+    """Under INPUT.BAD_SAMPLE_POLICY skip training leaves out images it cannot read; the
+    calibration on the training images then does the same, and otherwise names the image."""
+    real = BoxPanopticDatasetMapper(_cfg(tmp_path), False)
+    bad = calibration_records(TRAIN, 4)[1]["file_name"]
+
+    def mapper(record):
+        if record["file_name"] == bad:
+            raise PanopticDatasetError(f"image {bad} cannot be read")
+        return real(record)
+
+    model = _detecting_model()
+    with pytest.raises(PanopticDatasetError, match=bad):
+        ThresholdCalibrator(TRAIN, mapper, 4)(model)
+    assert ThresholdCalibrator(TRAIN, mapper, 4, skip_bad_samples=True)(model).num_images == 3
+    opts = ("MODEL.BOX_PANOPTIC.CALIBRATION.ENABLED", True, "INPUT.BAD_SAMPLE_POLICY")
+    assert calibrator_from_config(_cfg(tmp_path, *opts, "skip")).skip_bad_samples
+    assert not calibrator_from_config(_cfg(tmp_path, *opts, "raise")).skip_bad_samples

@@ -22,12 +22,13 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 import torch
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DataLoader
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
 from ..atomic_file import atomic_write
+from ..data.datasets import PanopticDatasetError
 from ..data.loading import load_panoptic_dicts
 from ..data.mapper import BoxPanopticDatasetMapper
 from .sigma_search import build_cache, sweep
@@ -83,6 +84,25 @@ class ThresholdCalibration:
         )
 
 
+class _MapBatch:
+    """A DataLoader collate function: the mapped records of a batch, without those that cannot
+    be read when ``skip`` (each logged)."""
+
+    def __init__(self, mapper: Callable, skip: bool):
+        self.mapper, self.skip = mapper, skip
+
+    def __call__(self, batch: List[dict]) -> List[dict]:
+        out = []
+        for record in batch:
+            try:
+                out.append(self.mapper(record))
+            except PanopticDatasetError as e:
+                if not self.skip:
+                    raise
+                logger.warning(f"threshold calibration: skipping a bad sample: {e}")
+        return out
+
+
 def calibration_records(dataset: str, max_images: int) -> List[dict]:
     """Up to ``max_images`` records of ``dataset`` spread evenly over it (every k-th), in order.
 
@@ -113,6 +133,8 @@ class ThresholdCalibrator:
         max_images: images used (:func:`calibration_records`).
         sigmas, score_threshs: the grid; the model's own pair is always tried as well.
         num_workers: loader workers.
+        skip_bad_samples: leave out (and log) images the mapper cannot read, as training does
+            under ``INPUT.BAD_SAMPLE_POLICY skip``; False: such an image raises its error.
     """
 
     dataset: str
@@ -121,6 +143,7 @@ class ThresholdCalibrator:
     sigmas: Sequence[float] = DEFAULT_SIGMAS
     score_threshs: Sequence[float] = DEFAULT_SCORE_THRESHS
     num_workers: int = 0
+    skip_bad_samples: bool = False
 
     def __post_init__(self):
         if not self.sigmas or not self.score_threshs:
@@ -136,16 +159,17 @@ class ThresholdCalibrator:
         post = net.postprocessor
         before = (float(post.mask_thresh), float(post.det_score_thresh))
         records = calibration_records(self.dataset, self.max_images)
-        loader = build_detection_test_loader(
+        loader = DataLoader(  # in order, each image once; a skipped one leaves an empty batch
             records,
-            mapper=self.mapper,
-            sampler=SequentialSampler(records),
+            batch_size=1,
+            shuffle=False,
             num_workers=self.num_workers,
+            collate_fn=_MapBatch(self.mapper, self.skip_bad_samples),
         )
         was_training = net.training
         net.eval()
         try:
-            cache = build_cache(net, loader, "calibration")
+            cache = build_cache(net, (batch for batch in loader if batch), "calibration")
             sigmas = sorted({float(s) for s in self.sigmas} | {before[0]})
             taus = sorted({float(t) for t in self.score_threshs} | {before[1]})
             rows = sweep(
@@ -162,7 +186,7 @@ class ThresholdCalibrator:
         keys = ("sigma", "score_thresh", "PQ", "PQ_th", "PQ_st")
         return ThresholdCalibration(
             dataset=self.dataset,
-            num_images=len(records),
+            num_images=len(cache["items"]),
             sigma=best["sigma"],
             score_thresh=best["score_thresh"],
             pq=best["PQ"],
@@ -195,6 +219,7 @@ def calibrator_from_config(cfg) -> Optional[ThresholdCalibrator]:
         sigmas=tuple(node.SIGMAS),
         score_threshs=tuple(node.SCORE_THRESHS),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        skip_bad_samples=cfg.INPUT.BAD_SAMPLE_POLICY == "skip",
     )
 
 
