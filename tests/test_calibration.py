@@ -22,7 +22,7 @@ from box_panoptic.evaluation.calibration import (
     calibration_records,
     calibrator_from_config,
 )
-from box_panoptic.evaluation.sigma_search import panoptic_quality
+from box_panoptic.evaluation.sigma_search import ground_truth, panoptic_quality
 
 from .helpers import CONFIGS, SYNTHETIC_CONFIG, get_cfg_from, get_model
 
@@ -220,7 +220,8 @@ def test_peer_calibrates_its_instance_confidence_on_the_same_images(synthetic_ro
             direct = {
                 r["image_id"]: model([calibrator.mapper(r)])[0]["panoptic_seg"] for r in records
             }
-        assert result.pq[c] == pytest.approx(panoptic_quality(direct, records, meta)["PQ"])
+        truth = ground_truth(records, meta)
+        assert result.pq[c] == pytest.approx(panoptic_quality(direct, meta, truth)["PQ"])
     assert len(set(result.pq.values())) > 1
     best = max(result.pq.values())
     assert result.pq[result.confidence] == best

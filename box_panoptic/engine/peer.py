@@ -39,7 +39,7 @@ from ..evaluation.calibration import (
     calibration_records,
     calibrator_from_config,
 )
-from ..evaluation.sigma_search import panoptic_quality
+from ..evaluation.sigma_search import ground_truth, panoptic_quality
 from .trainer import Trainer
 
 __all__ = [
@@ -251,10 +251,10 @@ def calibrate_instance_confidence(
                 outputs[r["image_id"]] = inner([calibrator.mapper(r)])[0]
     finally:
         net.train(was_training)
-    pq = {}
+    truth, pq = ground_truth(records, meta), {}
     for c in [before] + sorted(set(map(float, confidences)) - {before}):
         panoptic = {i: net.panoptic_at(out, c) for i, out in outputs.items()}
-        pq[c] = panoptic_quality(panoptic, records, meta)["PQ"]
+        pq[c] = panoptic_quality(panoptic, meta, truth)["PQ"]
     best = max(pq, key=lambda c: (pq[c], c == before))  # ties: the model's own
     inner.combine_instances_score_thresh = best
     return PeerCalibration(calibrator.dataset, len(records), best, before, pq)

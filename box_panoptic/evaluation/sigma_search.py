@@ -109,22 +109,34 @@ def ground_truth(records: Sequence[Dict], meta) -> Tuple[Dict, Dict]:
     return categories, gt
 
 
-def panoptic_quality(predictions: Dict, records: Sequence[Dict], meta) -> Dict:
-    """PQ / PQ_th / PQ_st (percent) of ``predictions`` {image_id: detectron2's "panoptic_seg"
-    output (ids (H, W), segments_info in contiguous ids)} against ``records``."""
-    categories, gt = ground_truth(records, meta)
-    stat = PQStat()
-    for image_id, (pan, segments) in predictions.items():
-        gt_ids, gt_segs = gt[image_id]
-        pan = np.asarray(pan.cpu() if torch.is_tensor(pan) else pan).astype(np.uint32)
-        segs = _to_dataset_segments(segments, meta)
-        stat.add(pq_image(gt_ids, gt_segs, pan, segs, categories, image_id))
+def _image_stat(truth: Tuple[Dict, Dict], meta, image_id, pan: np.ndarray, segments) -> PQStat:
+    """PQ statistics of one image's (H, W) uint32 ``pan`` and its segments_info (contiguous
+    ids) against ``truth`` (:func:`ground_truth`)."""
+    categories, gt = truth
+    gt_ids, gt_segs = gt[image_id]
+    segs = _to_dataset_segments(segments, meta)
+    return pq_image(gt_ids, gt_segs, pan, segs, categories, image_id)
+
+
+def _percent(stat: PQStat, categories: Dict) -> Dict:
+    """{"PQ", "PQ_th", "PQ_st"} in percent."""
     res = summarize(stat, categories)
     return {
         "PQ": 100 * res["All"]["pq"],
         "PQ_th": 100 * res["Things"]["pq"],
         "PQ_st": 100 * res["Stuff"]["pq"],
     }
+
+
+def panoptic_quality(predictions: Dict, meta, truth: Tuple[Dict, Dict]) -> Dict:
+    """PQ / PQ_th / PQ_st (percent) of ``predictions`` {image_id: detectron2's "panoptic_seg"
+    output (ids (H, W), segments_info in contiguous ids)} against ``truth``, the
+    :func:`ground_truth` of their records (read once, reused for every call)."""
+    stat = PQStat()
+    for image_id, (pan, segments) in predictions.items():
+        pan = np.asarray(pan.cpu() if torch.is_tensor(pan) else pan).astype(np.uint32)
+        stat.add(_image_stat(truth, meta, image_id, pan, segments))
+    return _percent(stat, truth[0])
 
 
 def _to_dataset_segments(segments, meta) -> List[Dict]:
@@ -168,7 +180,8 @@ def sweep(
         )
     if any("decoded" not in item for item in cache.get("items", [])):
         raise CacheMismatchError("sigma search: the cache is of an older format; rebuild it")
-    categories, gt = ground_truth(records, meta)
+    truth = ground_truth(records, meta)
+    categories, gt = truth
     by_id = {r["image_id"]: r for r in records}
     contiguous = {
         *meta.thing_dataset_id_to_contiguous_id.values(),
@@ -181,8 +194,10 @@ def sweep(
         image_id, d = item["image_id"], item["decoded"]
         if oracle:
             ids = gt[image_id][0]
-            truth = GroundTruthImage(ids, by_id[image_id], semantic_of, d.image_size, d.padded_size)
-            d = apply_oracles(d, truth, oracle)
+            image_truth = GroundTruthImage(
+                ids, by_id[image_id], semantic_of, d.image_size, d.padded_size
+            )
+            d = apply_oracles(d, image_truth, oracle)
         decoded.append((image_id, d))
     rows = []
     for sigma, tau in itertools.product(sigmas, score_threshs):
@@ -191,36 +206,19 @@ def sweep(
         for image_id, d in decoded:
             d = d.to(model.device)
             pan, segments = model.postprocessor.postprocess(d, sigma, tau)["panoptic_seg"]
-            gt_ids, gt_segs = gt[image_id]
             pan = pan.cpu().numpy().astype(np.uint32)
-            stat.add(
-                pq_image(
-                    gt_ids, gt_segs, pan, _to_dataset_segments(segments, meta), categories, image_id
-                )
-            )
+            stat.add(_image_stat(truth, meta, image_id, pan, segments))
             if per_object:
+                gt_ids = gt[image_id][0]
                 objects += object_masks(gt_ids, by_id[image_id]["segments_info"], pan, segments)
-        res = summarize(stat, categories)
-        import os
-
-        if os.environ.get("BP_DEBUG_CLASSES"):
-            for cid, v in res["per_class"].items():
-                if categories[cid]["isthing"]:
-                    print(
-                        "   ",
-                        categories[cid]["name"],
-                        "PQ %.1f SQ %.1f tp %d fp %d fn %d"
-                        % (100 * v["pq"], 100 * v["sq"], v["tp"], v["fp"], v["fn"]),
-                    )
+        res = _percent(stat, categories)
         extra = {"objects": summarize_object_masks(objects)} if per_object else {}
         rows.append(
             {
                 **extra,
                 "sigma": sigma,
                 "score_thresh": tau,
-                "PQ": 100 * res["All"]["pq"],
-                "PQ_th": 100 * res["Things"]["pq"],
-                "PQ_st": 100 * res["Stuff"]["pq"],
+                **res,
                 "seconds": time.perf_counter() - start,
             }
         )
