@@ -162,6 +162,47 @@ def test_learning_curve_tool_resumes_with_its_points(synthetic_root, tmp_path):
     assert "box_panoptic        6" in printed and (out / "curves.png").is_file()
 
 
+def test_learning_curve_tool_reevaluates_its_points_from_their_checkpoints(
+    synthetic_root, tmp_path
+):
+    """--reevaluate trains nothing: each recorded point is evaluated again from its checkpoint
+    (the same weights give the same figures), its training time kept; a missing checkpoint is
+    named."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    out = tmp_path / "lc"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "learning_curve.py"), "--dataset"]
+    cmd += ["synthetic_panoptic", "--models", "box_panoptic", "--eval-every", "2", "--threads", "1"]
+    cmd += ["--box-iters", "4", "--output-dir", str(out), "--opts", "INPUT.MIN_SIZE_TEST", "0"]
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root)
+
+    def run(*extra):
+        return subprocess.run(
+            cmd[:2] + list(extra) + cmd[2:], env=env, capture_output=True, text=True, timeout=600
+        )
+
+    assert run().returncode == 0
+    curves = out / "curves.json"
+    trained = json.load(open(curves))["box_panoptic"]
+    stale = [dict(r, PQ=-1.0, PQ_th=-1.0, PQ_st=-1.0, AP=-1.0) for r in trained]
+    json.dump({"box_panoptic": stale}, open(curves, "w"))
+    r = run("--reevaluate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.load(open(curves))["box_panoptic"]
+    assert [p["iter"] for p in again] == [2, 4]
+    for a, b in zip(again, trained):
+        assert a["train_s"] == b["train_s"]
+        for key in ("PQ", "PQ_th", "PQ_st"):
+            assert a[key] == pytest.approx(b[key], abs=1e-9), key
+    assert "Starting training" not in r.stderr + r.stdout
+    os.remove(out / "box_panoptic" / "model_0000001.pth")
+    r = run("--reevaluate")
+    assert r.returncode != 0 and "model_0000001.pth" in r.stderr
+
+
 def test_learning_curve_tool_averages_over_seeds(synthetic_root, tmp_path):
     """--seeds: one run per seed in its own folder, each point recorded with its seed, and the
     table's mean rows are the means over the seeds."""
