@@ -141,7 +141,10 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.SIZES_OF_INTEREST = [64, 128, 256, 512]
     # Which level a positive location belongs to: "location" (FCOS: m = max(l*, t*, r*, b*) of
     # each location) or "instance" (m = max(w, h) / 2 of the instance's box, the same for all its
-    # locations: one level per object, several times more positives for small objects).
+    # locations: one level per object, several times more positives for small objects) or
+    # "instance_area" (the same with m = sqrt(w h) / 2, the box's scale, as FoveaBox assigns
+    # levels: a tall thin object goes to the finer level of its area, where its width still holds
+    # locations, instead of the level of its height).
     # Training targets only (classification, boxes, centerness, levelness).
     bp.LEVEL_ASSIGNMENT = "location"
     # Every object also owns the location of its level nearest its box centre, on its mask or

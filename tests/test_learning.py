@@ -17,6 +17,7 @@ from box_panoptic.modeling.inference import level_locations
 from box_panoptic.modeling.targets import (
     LocationAssignment,
     fcos_targets,
+    instance_half_size,
     levelness_targets,
     size_ranges,
 )
@@ -52,6 +53,37 @@ def test_instance_assignment_puts_an_object_on_one_level_with_more_positives():
     assert set(lev[inside].tolist()) == {1} and set(lev[~inside].tolist()) == {0}
     lev_loc = levelness_targets(pts4, ranges, box, None)
     assert set(lev_loc[inside].tolist()) == {1, 2}  # centre P3, edges P4
+
+
+def test_instance_area_assignment_puts_a_thin_object_on_the_level_of_its_area():
+    points, level = _points(64, 64, (4, 8))
+    ranges = size_ranges([8], 2)  # P2 (0, 8], P3 (8, inf)
+    # a person-like box 4 px wide and 24 px tall: max side / 2 = 12 -> P3, sqrt(area) / 2 =
+    # sqrt(96) / 2 = 4.9 -> P2
+    box = torch.tensor([[16.5, 8.0, 20.5, 32.0]])
+    cls = torch.tensor([0])
+    by_side = LocationAssignment.from_settings([8], 2, "instance")
+    by_area = LocationAssignment.from_settings([8], 2, "instance_area")
+    assert (by_side.by_instance, by_side.instance_scale) == (True, "max_side")
+    assert (by_area.by_instance, by_area.instance_scale) == (True, "sqrt_area")
+    _, _, side_owner = by_side.fcos(points, level, box, cls, None, 1)
+    _, ltrb, area_owner = by_area.fcos(points, level, box, cls, None, 1)
+    # P3 points sit at x = 4, 12, 20, ...: x = 20 lies inside the box, at y = 12, 20, 28
+    assert level[side_owner >= 0].tolist() == [1] * 3
+    # P2 points at x = 2, 6, 10, 14, 18, ...: x = 18, at y = 10, 14, ..., 30 (6 rows)
+    assert level[area_owner >= 0].tolist() == [0] * 6
+    assert points[area_owner >= 0][:, 0].tolist() == [18.0] * 6
+    assert torch.allclose(ltrb[area_owner >= 0][:, [0, 2]], torch.tensor([[1.5, 2.5]]).expand(6, 2))
+    # square boxes: the two scales agree
+    square = torch.tensor([[0.0, 0.0, 10.0, 10.0], [3.0, 5.0, 9.0, 7.0]])
+    assert torch.allclose(instance_half_size(square, "max_side")[:1], torch.tensor([5.0]))
+    assert torch.allclose(instance_half_size(square, "sqrt_area"), torch.tensor([5.0, 12**0.5 / 2]))
+    with pytest.raises(ValueError, match="'perimeter'"):
+        instance_half_size(square, "perimeter")
+    # levelness follows the same level
+    pts4 = level_locations(16, 16, 4)
+    lev = by_area.levelness(pts4, box, None)[0]
+    assert set(lev[lev > 0].tolist()) == {1}
 
 
 def test_centre_positive_gives_a_thin_occluding_object_one_location():

@@ -20,6 +20,8 @@ __all__ = [
     "LocationAssignment",
     "batch_targets",
     "size_ranges",
+    "INSTANCE_SCALES",
+    "instance_half_size",
     "assign_locations",
     "fcos_targets",
     "levelness_and_owner_boxes",
@@ -49,13 +51,21 @@ class LocationAssignment:
         ranges: per FPN level, the (lo, hi] size-of-interest range (:func:`size_ranges`).
         by_instance: one level per instance, from its box size (see :func:`assign_locations`).
         centre_positive: each instance also owns the location nearest its box centre.
+        instance_scale: with ``by_instance``, the box size that picks the level
+            (:func:`instance_half_size`).
     """
 
     ranges: Tuple[Tuple[float, float], ...]
     by_instance: bool = False
     centre_positive: bool = False
+    instance_scale: str = "max_side"
 
-    LEVEL_MODES = ("location", "instance")
+    # LEVEL_ASSIGNMENT value -> (by_instance, instance_scale)
+    LEVEL_MODES = {
+        "location": (False, "max_side"),
+        "instance": (True, "max_side"),
+        "instance_area": (True, "sqrt_area"),
+    }
 
     @classmethod
     def from_settings(
@@ -67,12 +77,15 @@ class LocationAssignment:
     ) -> "LocationAssignment":
         if level_assignment not in cls.LEVEL_MODES:
             raise ValueError(
-                f"level assignment must be one of {cls.LEVEL_MODES}, got {level_assignment!r}"
+                f"level assignment must be one of {tuple(cls.LEVEL_MODES)}, "
+                f"got {level_assignment!r}"
             )
+        by_instance, scale = cls.LEVEL_MODES[level_assignment]
         return cls(
             tuple(size_ranges(sizes_of_interest, num_levels)),
-            level_assignment == "instance",
+            by_instance,
             bool(centre_positive),
+            scale,
         )
 
     def fcos(self, points, level_of_point, gt_boxes, gt_classes, gt_masks, num_classes):
@@ -87,14 +100,32 @@ class LocationAssignment:
             num_classes,
             self.by_instance,
             self.centre_positive,
+            self.instance_scale,
         )
 
     def levelness(self, points, gt_boxes, gt_masks, ignore=None):
         """:func:`levelness_and_owner_boxes` under this assignment (the centre rule does not
         apply): (levelness targets (M,), owner boxes (M, 4))."""
         return levelness_and_owner_boxes(
-            points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance
+            points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance, self.instance_scale
         )
+
+
+INSTANCE_SCALES = ("max_side", "sqrt_area")
+
+
+def instance_half_size(gt_boxes: torch.Tensor, scale: str = "max_side") -> torch.Tensor:
+    """(G,) the size m that picks an instance's level under per-instance assignment, from its
+    (G, 4) XYXY box of width w and height h: "max_side", max(w, h) / 2 (what FCOS's max(ltrb)
+    is at the box centre), or "sqrt_area", sqrt(w h) / 2 (the box's scale, as FoveaBox assigns
+    levels and Mask R-CNN's FPN picks an RoI's level): a tall thin object goes to the level of
+    its area, where its width still holds locations, not to the level of its height."""
+    wh = (gt_boxes[:, 2:] - gt_boxes[:, :2]).clamp(min=0)
+    if scale == "max_side":
+        return wh.max(dim=1).values / 2
+    if scale == "sqrt_area":
+        return wh.prod(dim=1).sqrt() / 2
+    raise ValueError(f"instance_half_size: unknown scale {scale!r} (one of {INSTANCE_SCALES})")
 
 
 def assign_locations(
@@ -105,6 +136,7 @@ def assign_locations(
     hi: torch.Tensor,
     by_instance: bool = False,
     centre_positive: bool = False,
+    instance_scale: str = "max_side",
 ):
     """Owner of each point and its ltrb distances to the owner's box.
 
@@ -113,10 +145,11 @@ def assign_locations(
         gt_boxes: (G, 4) XYXY. gt_masks: (G, H, W) bool or None (weak supervision).
         lo, hi: (M,) the size-of-interest range of each point; m must lie in (lo, hi]. Pass
             lo = -inf, hi = inf to ignore ranges.
-        by_instance: m is the instance's half box size max(w, h) / 2 (what max(ltrb) is at its
-            box centre), the same at every point: all of an instance's points go to one level.
-            Else m = max(ltrb) of each point (FCOS): points near the box edges go to a coarser
-            level than the centre, and small objects get few positives on either.
+        by_instance: m is the instance's half box size (:func:`instance_half_size` by
+            ``instance_scale``; max(w, h) / 2 is what max(ltrb) is at its box centre), the same
+            at every point: all of an instance's points go to one level. Else m = max(ltrb) of
+            each point (FCOS): points near the box edges go to a coarser level than the centre,
+            and small objects get few positives on either.
         centre_positive: every instance may also own the point nearest its box centre among the
             points inside its box and in its size range, even off its mask (a thin or small
             object whose mask holds no point of its level still gets a positive). The
@@ -139,8 +172,7 @@ def assign_locations(
     )  # (M, G, 4)
     inside = ltrb.min(dim=2).values > 0
     if by_instance:
-        half = (gt_boxes[:, 2:] - gt_boxes[:, :2]).max(dim=1).values / 2
-        m = half[None].expand(m_pts, g)
+        m = instance_half_size(gt_boxes, instance_scale)[None].expand(m_pts, g)
     else:
         m = ltrb.max(dim=2).values
     in_range = inside & (m > lo[:, None]) & (m <= hi[:, None])
@@ -196,8 +228,10 @@ def fcos_targets(
     num_classes,
     by_instance=False,
     centre_positive=False,
+    instance_scale="max_side",
 ):
-    """FCOS targets for all locations of one image (``by_instance``, ``centre_positive``: see
+    """FCOS targets for all locations of one image (``by_instance``, ``centre_positive``,
+    ``instance_scale``: see
     :func:`assign_locations`).
 
     Args:
@@ -209,7 +243,7 @@ def fcos_targets(
     lo = points.new_tensor([r[0] for r in ranges])[level_of_point]
     hi = points.new_tensor([r[1] for r in ranges])[level_of_point]
     owner, ltrb, _ = assign_locations(
-        points, gt_boxes, gt_masks, lo, hi, by_instance, centre_positive
+        points, gt_boxes, gt_masks, lo, hi, by_instance, centre_positive, instance_scale
     )
     labels = torch.full_like(owner, num_classes)
     if gt_classes.numel():
@@ -218,7 +252,13 @@ def fcos_targets(
 
 
 def levelness_and_owner_boxes(
-    points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None, by_instance=False
+    points,
+    ranges,
+    gt_boxes,
+    gt_masks,
+    ignore: Optional[torch.Tensor] = None,
+    by_instance=False,
+    instance_scale="max_side",
 ):
     """Levelness target of each stride-4 location (M,): 0 background, l in 1..L the level whose
     size-of-interest range holds m(p, owner(p)), 255 where ``ignore`` (M,) is set; and the
@@ -228,7 +268,9 @@ def levelness_and_owner_boxes(
     """
     m_pts = points.shape[0]
     free = points.new_full((m_pts,), -INF), points.new_full((m_pts,), INF)
-    owner, ltrb, m = assign_locations(points, gt_boxes, gt_masks, *free, by_instance)
+    owner, ltrb, m = assign_locations(
+        points, gt_boxes, gt_masks, *free, by_instance, instance_scale=instance_scale
+    )
     bounds = points.new_tensor([r[1] for r in ranges[:-1]])
     level = torch.bucketize(m, bounds, right=False) + 1  # (lo, hi] -> index of hi
     target = torch.where(owner >= 0, level, torch.zeros_like(level))
