@@ -57,9 +57,8 @@ def test_instance_assignment_puts_an_object_on_one_level_with_more_positives():
 
 def test_instance_area_assignment_puts_a_thin_object_on_the_level_of_its_area():
     points, level = _points(64, 64, (4, 8))
-    ranges = size_ranges([8], 2)  # P2 (0, 8], P3 (8, inf)
-    # a person-like box 4 px wide and 24 px tall: max side / 2 = 12 -> P3, sqrt(area) / 2 =
-    # sqrt(96) / 2 = 4.9 -> P2
+    # levels P2 (0, 8] and P3 (8, inf); a person-like box 4 px wide and 24 px tall:
+    # max side / 2 = 12 -> P3, sqrt(area) / 2 = sqrt(96) / 2 = 4.9 -> P2
     box = torch.tensor([[16.5, 8.0, 20.5, 32.0]])
     cls = torch.tensor([0])
     by_side = LocationAssignment.from_settings([8], 2, "instance")
