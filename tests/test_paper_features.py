@@ -116,8 +116,7 @@ def test_weak_training_reduces_loss(synthetic_root):
     model = get_model(WEAK_CONFIG).train()
     mapper = BoxPanopticDatasetMapper(cfg, True)
     data = [mapper(r) for r in DatasetCatalog.get("synthetic_panoptic_train")[:4]]
-    # LR 0.005, as test_training_reduces_loss: at 0.01 this fixed batch makes loss_sem_seg spike
-    opt, warmup = sgd_with_warmup(model, lr=0.005)
+    opt, warmup = sgd_with_warmup(model)  # LR 0.005: see there
     totals = []
     with EventStorage():
         for _ in range(30):

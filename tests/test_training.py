@@ -159,11 +159,7 @@ def test_training_reduces_loss(synthetic_root):
     torch.manual_seed(0)
     model = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.MASK_LOSS", True).train()
     data = synthetic_batch(synthetic_root, 4)  # no random flip: the same batch every run
-    # LR 0.005: at 0.01 with a 5-step warm-up, fitting this one fixed batch makes loss_sem_seg
-    # spike (to 2-6x its value a few steps before) for two of the three LEVEL_ASSIGNMENTs, and
-    # which two changes with the warm-up's length; at 0.005 the three end at 0.39-0.79 of their
-    # start (the config's instance_area at 0.39-0.42 on 1 and 2 threads)
-    opt, warmup = sgd_with_warmup(model, lr=0.005)
+    opt, warmup = sgd_with_warmup(model)  # LR 0.005: see there
     totals = []
     with EventStorage():
         for _ in range(25):

@@ -231,8 +231,7 @@ def fcos_targets(
     instance_scale="max_side",
 ):
     """FCOS targets for all locations of one image (``by_instance``, ``centre_positive``,
-    ``instance_scale``: see
-    :func:`assign_locations`).
+    ``instance_scale``: see :func:`assign_locations`).
 
     Args:
         points: (M, 2) all levels' locations, finest level first. level_of_point: (M,) long.
