@@ -151,6 +151,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # not (thin and small objects whose mask holds no location of their level get a positive).
     # Training targets only. False: FCOS / the release.
     bp.CENTRE_POSITIVE = False
+    # With instance masks, a location is a positive only on its object's mask: a location inside
+    # the box but on the background (beside a thin person, inside a ring) is a negative. An
+    # object none of whose locations of its level lie on its mask keeps its in-box locations.
+    # Training targets only (classification, boxes, centerness). False: FCOS / the release.
+    bp.POSITIVES_ON_MASK = False
     # Weight of each positive location in the box (GIoU) loss: "centerness" (FCOS, the release:
     # the centerness target, so locations near the box edges hardly count) or "uniform" (every
     # positive alike; mask construction reads every pixel's box, edges included).

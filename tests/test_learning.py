@@ -110,6 +110,33 @@ def test_centre_positive_gives_a_thin_occluding_object_one_location():
         LocationAssignment.from_settings([16], 2, "nearest")
 
 
+def test_positives_on_mask_leave_the_background_inside_a_box_negative():
+    points, level = _points(64, 64, (4, 8))
+    box_rule = LocationAssignment.from_settings([8], 2, "instance_area")
+    on_mask = LocationAssignment.from_settings([8], 2, "instance_area", positives_on_mask=True)
+    assert on_mask.positives_on_mask and not box_rule.positives_on_mask
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    # a ring 16 x 16 px (sqrt area / 2 = 8 -> P2) whose 2 px rim is its mask, and a 4 x 4 px
+    # object whose mask (1 px) holds no P2 location (x, y = 2 mod 4)
+    box_in = lambda x0, y0, x1, y1: (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)  # noqa: E731
+    ring = box_in(8, 8, 24, 24) & ~box_in(10, 10, 22, 22)
+    dot = box_in(40, 40, 41, 41)
+    masks = torch.stack([ring, dot])
+    boxes = torch.tensor([[8.0, 8.0, 24.0, 24.0], [39.0, 39.0, 43.0, 43.0]])
+    cls = torch.tensor([0, 1])
+    _, _, owner_box = box_rule.fcos(points, level, boxes, cls, masks, 2)
+    labels, ltrb, owner = on_mask.fcos(points, level, boxes, cls, masks, 2)
+    # the box rule: every P2 location inside the ring's box (x, y in {10, 14, 18, 22}); on the
+    # mask, only those on its rim: x = 22 or y = 22 (the hole is [10, 22))
+    assert (owner_box == 0).sum() == 16
+    rim = points[owner == 0]
+    assert len(rim) == 7 and ((rim[:, 0] == 22) | (rim[:, 1] == 22)).all()
+    assert (labels[(owner_box == 0) & (owner != 0)] == 2).all()  # the hole: background
+    # the dot's mask holds no location: it keeps its in-box ones (x, y = 42 on P2)
+    assert torch.equal(owner == 1, owner_box == 1) and (owner == 1).sum() == 1
+    assert (ltrb[owner == 1] > 0).all()
+
+
 def test_regression_in_stride_units_scales_each_level_by_its_stride():
     pixels = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", False).eval()
     strided = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", True).eval()

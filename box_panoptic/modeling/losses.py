@@ -34,7 +34,11 @@ def assignment_from_config(cfg) -> LocationAssignment:
     bp = cfg.MODEL.BOX_PANOPTIC
     try:
         return LocationAssignment.from_settings(
-            bp.SIZES_OF_INTEREST, len(bp.IN_FEATURES), bp.LEVEL_ASSIGNMENT, bp.CENTRE_POSITIVE
+            bp.SIZES_OF_INTEREST,
+            len(bp.IN_FEATURES),
+            bp.LEVEL_ASSIGNMENT,
+            bp.CENTRE_POSITIVE,
+            bp.POSITIVES_ON_MASK,
         )
     except ValueError as e:
         raise ValueError(f"MODEL.BOX_PANOPTIC.LEVEL_ASSIGNMENT: {e}") from None

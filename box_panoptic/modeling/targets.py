@@ -53,12 +53,15 @@ class LocationAssignment:
         centre_positive: each instance also owns the location nearest its box centre.
         instance_scale: with ``by_instance``, the box size that picks the level
             (:func:`instance_half_size`).
+        positives_on_mask: with masks, an instance's positives are only its level's locations
+            on its mask (see :func:`assign_locations`).
     """
 
     ranges: Tuple[Tuple[float, float], ...]
     by_instance: bool = False
     centre_positive: bool = False
     instance_scale: str = "max_side"
+    positives_on_mask: bool = False
 
     # LEVEL_ASSIGNMENT value -> (by_instance, instance_scale)
     LEVEL_MODES = {
@@ -74,6 +77,7 @@ class LocationAssignment:
         num_levels: int,
         level_assignment: str = "location",
         centre_positive: bool = False,
+        positives_on_mask: bool = False,
     ) -> "LocationAssignment":
         if level_assignment not in cls.LEVEL_MODES:
             raise ValueError(
@@ -86,6 +90,7 @@ class LocationAssignment:
             by_instance,
             bool(centre_positive),
             scale,
+            bool(positives_on_mask),
         )
 
     def fcos(self, points, level_of_point, gt_boxes, gt_classes, gt_masks, num_classes):
@@ -101,6 +106,7 @@ class LocationAssignment:
             self.by_instance,
             self.centre_positive,
             self.instance_scale,
+            self.positives_on_mask,
         )
 
     def levelness(self, points, gt_boxes, gt_masks, ignore=None):
@@ -137,6 +143,7 @@ def assign_locations(
     by_instance: bool = False,
     centre_positive: bool = False,
     instance_scale: str = "max_side",
+    positives_on_mask: bool = False,
 ):
     """Owner of each point and its ltrb distances to the owner's box.
 
@@ -154,6 +161,10 @@ def assign_locations(
             points inside its box and in its size range, even off its mask (a thin or small
             object whose mask holds no point of its level still gets a positive). The
             smallest-area rule still settles points claimed twice.
+        positives_on_mask: with ``gt_masks``, an instance owns only points on its own mask, so
+            points inside its box on the background (beside a thin object, inside a ring) are
+            negatives; an instance whose mask holds none of its in-range points keeps the
+            in-box points the default rule gives it.
     Returns:
         owner (M,) long, -1 where the point is no positive; ltrb (M, 4) to the owner (0 if none);
         m (M,) to the owner.
@@ -184,6 +195,9 @@ def assign_locations(
         on = gt_masks[:, yi, xi].t()  # (M, G)
         on_any = on.any(dim=1, keepdim=True)
         cand = cand & torch.where(on_any, on, torch.ones_like(on))
+        if positives_on_mask:
+            on_own = in_range & on
+            cand = torch.where(on_own.any(dim=0, keepdim=True), on_own, cand)
     if centre_positive:
         cand = cand | _nearest_to_centre(points, gt_boxes, in_range)
     area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
@@ -229,9 +243,10 @@ def fcos_targets(
     by_instance=False,
     centre_positive=False,
     instance_scale="max_side",
+    positives_on_mask=False,
 ):
     """FCOS targets for all locations of one image (``by_instance``, ``centre_positive``,
-    ``instance_scale``: see :func:`assign_locations`).
+    ``instance_scale``, ``positives_on_mask``: see :func:`assign_locations`).
 
     Args:
         points: (M, 2) all levels' locations, finest level first. level_of_point: (M,) long.
@@ -242,7 +257,15 @@ def fcos_targets(
     lo = points.new_tensor([r[0] for r in ranges])[level_of_point]
     hi = points.new_tensor([r[1] for r in ranges])[level_of_point]
     owner, ltrb, _ = assign_locations(
-        points, gt_boxes, gt_masks, lo, hi, by_instance, centre_positive, instance_scale
+        points,
+        gt_boxes,
+        gt_masks,
+        lo,
+        hi,
+        by_instance,
+        centre_positive,
+        instance_scale,
+        positives_on_mask,
     )
     labels = torch.full_like(owner, num_classes)
     if gt_classes.numel():
