@@ -57,8 +57,13 @@ def test_calibration_records_spread_over_the_dataset_and_need_panoptic_ground_tr
     synthetic_root,
 ):
     records = DatasetCatalog.get(TRAIN)  # 12 images
-    picked = calibration_records(TRAIN, 5)
-    assert [r["image_id"] for r in picked] == [r["image_id"] for r in records[::2][:5]]
+    ids = [r["image_id"] for r in records]
+    picked = calibration_records(TRAIN, 5)  # i * 12 // 5
+    assert [r["image_id"] for r in picked] == [ids[i] for i in (0, 2, 4, 7, 9)]
+    # fewer images asked than the dataset holds but more than half: still spread to the end,
+    # not the first 7
+    picked = calibration_records(TRAIN, 7)  # i * 12 // 7
+    assert [r["image_id"] for r in picked] == [ids[i] for i in (0, 1, 3, 5, 6, 8, 10)]
     assert len(calibration_records(TRAIN, 50)) == len(records)
     with pytest.raises(ValueError, match="MAX_IMAGES must be >= 1"):
         calibration_records(TRAIN, 0)

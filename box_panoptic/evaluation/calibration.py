@@ -104,7 +104,8 @@ class _MapBatch:
 
 
 def calibration_records(dataset: str, max_images: int) -> List[dict]:
-    """Up to ``max_images`` records of ``dataset`` spread evenly over it (every k-th), in order.
+    """Up to ``max_images`` records of ``dataset`` spread evenly over it, in order: the record
+    i / n of the way through for i < n = min(max_images, len), from the first to near the last.
 
     Raises:
         ValueError if ``max_images`` < 1 or the dataset has no panoptic ground truth
@@ -119,8 +120,8 @@ def calibration_records(dataset: str, max_images: int) -> List[dict]:
             f"threshold calibration: dataset {dataset!r} has {problem}; calibrate on a panoptic "
             "dataset (MODEL.BOX_PANOPTIC.CALIBRATION.DATASET) or turn calibration off"
         )
-    step = max(1, len(records) // int(max_images))
-    return records[::step][: int(max_images)]
+    n = min(int(max_images), len(records))
+    return [records[i * len(records) // n] for i in range(n)]  # i / n of the way through
 
 
 @dataclasses.dataclass
