@@ -58,8 +58,8 @@ def _run(args, root, out_dir, kill=None, rng=None):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if kill is not None:
         tag = os.path.join(out_dir, "last_checkpoint")
-        # no tight wall-clock bound: on a slow or shared machine the first checkpoint comes late
-        # (CI 2026-12-04 reached 300 s without one); the bound only guards against a hang
+        # the bound only guards against a hang: CI on 2026-12-04 (detectron2 main) had no first
+        # checkpoint after 300 s, against 43 s for the whole test here; cause not established
         start = time.time()
         while not os.path.exists(tag) and proc.poll() is None and time.time() < start + 1500:
             time.sleep(0.05)
