@@ -53,25 +53,37 @@ def test_stream_replays_the_same_batches_from_any_iteration_and_worker_count(syn
 
 def _run(args, root, out_dir, kill=None, rng=None):
     """train_net.py; with ``kill``, send that signal at a random moment after the first
-    checkpoint and before the end. Returns the exit code."""
+    checkpoint and before the end. Returns the exit code and the run's output."""
     cmd, env = train_net_command(args, root, out_dir)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if kill is not None:
-        tag = os.path.join(out_dir, "last_checkpoint")
-        # the bound only guards against a hang: CI on 2026-12-04 (detectron2 main) had no first
-        # checkpoint after 300 s, against 43 s for the whole test here; cause not established
-        start = time.time()
-        while not os.path.exists(tag) and proc.poll() is None and time.time() < start + 1500:
-            time.sleep(0.05)
-        assert (
-            os.path.exists(tag) or proc.poll() is not None
-        ), f"no checkpoint in {out_dir} after {time.time() - start:.0f} s"
-        time.sleep(rng.uniform(0.0, 1.0))
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        assert open(tag).read().strip() != "model_final.pth"
-        proc.send_signal(kill)
-    log, _ = proc.communicate(timeout=600)
-    return proc.returncode, log.decode()
+    log_path = f"{out_dir}.log"
+    # the output goes to a file, never to a pipe nobody reads while we wait: the run prints about
+    # 60 KB before its first checkpoint, and a full pipe (64 KB) would block it there for good
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if kill is not None:
+                _interrupt(proc, os.path.join(out_dir, "last_checkpoint"), kill, rng, log_path)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    with open(log_path) as f:
+        return proc.returncode, f.read()
+
+
+def _interrupt(proc, tag, sig, rng, log_path):
+    """Send ``sig`` to ``proc`` at a random moment after its first checkpoint (the file ``tag``)."""
+    start = time.time()
+    while not os.path.exists(tag) and proc.poll() is None and time.time() < start + 300:
+        time.sleep(0.05)
+    assert os.path.exists(tag), (
+        f"no checkpoint after {time.time() - start:.0f} s (exit code {proc.poll()}); "
+        f"the run's output: {log_path}"
+    )
+    time.sleep(rng.uniform(0.0, 1.0))
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    assert open(tag).read().strip() != "model_final.pth"
+    proc.send_signal(sig)
 
 
 def _weights(out_dir):

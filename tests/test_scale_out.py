@@ -45,21 +45,27 @@ def _train_net(root, out, flags=(), opts=()):
     return cmd[1:] + list(opts), dict(env, OMP_NUM_THREADS="1")
 
 
-def _run(argvs, env):
-    """Start every argv at once (one per machine), wait for all; each must exit 0."""
+def _run(argvs, env, log_dir):
+    """Start every argv at once (one per machine), wait for all; each must exit 0. Each one's
+    output goes to a file in ``log_dir``: a pipe read one process at a time would let another
+    fill its own and block inside a collective, and the first would wait on it for good."""
+    os.makedirs(log_dir, exist_ok=True)
+    paths = [os.path.join(log_dir, f"process{i}.log") for i in range(len(argvs))]
+    files = [open(path, "w") for path in paths]
     procs = [
-        subprocess.Popen(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for a in argvs
+        subprocess.Popen(a, env=env, stdout=f, stderr=subprocess.STDOUT)
+        for a, f in zip(argvs, files)
     ]
-    logs = []
     try:
         for p in procs:
-            out, _ = p.communicate(timeout=TIMEOUT)
-            logs.append(out)
+            p.wait(timeout=TIMEOUT)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        for f in files:
+            f.close()
+    logs = [open(path).read() for path in paths]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-4000:]
     return "\n".join(logs)
@@ -82,14 +88,14 @@ def reference(synthetic_root, tmp_path_factory):
     """detectron2-style: one machine, 2 processes (box_panoptic's CPU launcher)."""
     out = tmp_path_factory.mktemp("launch2")
     argv, env = _train_net(synthetic_root, out, ["--num-gpus", "2"])
-    _run([[sys.executable] + argv], env)
+    _run([[sys.executable] + argv], env, out)
     return out, _weights(out)
 
 
 def test_torchrun_equals_detectron2_launch(synthetic_root, tmp_path, reference):
     argv, env = _train_net(synthetic_root, tmp_path)
     port = str(_port())
-    log = _run([TORCHRUN + ["--nproc-per-node", "2", "--master-port", port] + argv], env)
+    log = _run([TORCHRUN + ["--nproc-per-node", "2", "--master-port", port] + argv], env, tmp_path)
     assert "World size: 2" in log or "world size: 2" in log.lower()
     _assert_same(_weights(tmp_path), reference[1])
 
@@ -104,7 +110,7 @@ def test_two_machines_on_localhost_equal_one(synthetic_root, tmp_path, reference
         flags += ["--dist-url", f"tcp://127.0.0.1:{port}"]
         argv, env = _train_net(synthetic_root, out, flags)
         argvs.append([sys.executable] + argv)
-    _run(argvs, env)
+    _run(argvs, env, out)
     _assert_same(_weights(out), reference[1])
     # a 2-node torchrun rendezvous
     out = tmp_path / "torchrun"
@@ -114,6 +120,7 @@ def test_two_machines_on_localhost_equal_one(synthetic_root, tmp_path, reference
     _run(
         [TORCHRUN + node + ["--node-rank", r, "--master-port", port] + argv for r in ("0", "1")],
         env,
+        out,
     )
     _assert_same(_weights(out), reference[1])
 
@@ -123,7 +130,7 @@ def test_elastic_restart_after_sigkill_resumes_exactly(synthetic_root, tmp_path,
     driver = [DRIVER, "--kill-after", "2", "--"] + argv[1:]  # argv[0] is train_net.py
     port = str(_port())
     torchrun = TORCHRUN + ["--nproc-per-node", "2", "--max-restarts", "1", "--master-port", port]
-    log = _run([torchrun + driver], env)
+    log = _run([torchrun + driver], env, tmp_path)
     assert "Starting training from iteration 3" in log  # the restarted group resumed
     _assert_same(_weights(tmp_path), reference[1])
 
@@ -134,7 +141,7 @@ def _evaluate(root, out, weights, procs):
     opts += ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"]
     opts += ["MODEL.BOX_PANOPTIC.MASK_THRESH", "0.1"]  # a barely trained model: accept its masks
     argv, env = _train_net(root, out, flags, opts)
-    log = _run([[sys.executable] + argv], env)
+    log = _run([[sys.executable] + argv], env, out)
     return [line.split("copypaste: ", 1)[1] for line in log.splitlines() if "copypaste: " in line]
 
 
