@@ -103,17 +103,23 @@ class LocationAssignment:
             gt_classes,
             gt_masks,
             num_classes,
-            self.by_instance,
-            self.centre_positive,
-            self.instance_scale,
-            self.positives_on_mask,
+            by_instance=self.by_instance,
+            centre_positive=self.centre_positive,
+            instance_scale=self.instance_scale,
+            positives_on_mask=self.positives_on_mask,
         )
 
     def levelness(self, points, gt_boxes, gt_masks, ignore=None):
         """:func:`levelness_and_owner_boxes` under this assignment (the centre rule does not
         apply): (levelness targets (M,), owner boxes (M, 4))."""
         return levelness_and_owner_boxes(
-            points, self.ranges, gt_boxes, gt_masks, ignore, self.by_instance, self.instance_scale
+            points,
+            self.ranges,
+            gt_boxes,
+            gt_masks,
+            ignore,
+            by_instance=self.by_instance,
+            instance_scale=self.instance_scale,
         )
 
 
@@ -140,6 +146,7 @@ def assign_locations(
     gt_masks: Optional[torch.Tensor],
     lo: torch.Tensor,
     hi: torch.Tensor,
+    *,
     by_instance: bool = False,
     centre_positive: bool = False,
     instance_scale: str = "max_side",
@@ -240,6 +247,7 @@ def fcos_targets(
     gt_classes,
     gt_masks,
     num_classes,
+    *,
     by_instance=False,
     centre_positive=False,
     instance_scale="max_side",
@@ -262,10 +270,10 @@ def fcos_targets(
         gt_masks,
         lo,
         hi,
-        by_instance,
-        centre_positive,
-        instance_scale,
-        positives_on_mask,
+        by_instance=by_instance,
+        centre_positive=centre_positive,
+        instance_scale=instance_scale,
+        positives_on_mask=positives_on_mask,
     )
     labels = torch.full_like(owner, num_classes)
     if gt_classes.numel():
@@ -279,6 +287,7 @@ def levelness_and_owner_boxes(
     gt_boxes,
     gt_masks,
     ignore: Optional[torch.Tensor] = None,
+    *,
     by_instance=False,
     instance_scale="max_side",
 ):
@@ -291,7 +300,7 @@ def levelness_and_owner_boxes(
     m_pts = points.shape[0]
     free = points.new_full((m_pts,), -INF), points.new_full((m_pts,), INF)
     owner, ltrb, m = assign_locations(
-        points, gt_boxes, gt_masks, *free, by_instance, instance_scale=instance_scale
+        points, gt_boxes, gt_masks, *free, by_instance=by_instance, instance_scale=instance_scale
     )
     bounds = points.new_tensor([r[1] for r in ranges[:-1]])
     level = torch.bucketize(m, bounds, right=False) + 1  # (lo, hi] -> index of hi
@@ -302,10 +311,12 @@ def levelness_and_owner_boxes(
 
 
 def levelness_targets(
-    points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None, by_instance=False
+    points, ranges, gt_boxes, gt_masks, ignore: Optional[torch.Tensor] = None, *, by_instance=False
 ):
     """The levelness targets (M,) of :func:`levelness_and_owner_boxes`."""
-    return levelness_and_owner_boxes(points, ranges, gt_boxes, gt_masks, ignore, by_instance)[0]
+    return levelness_and_owner_boxes(
+        points, ranges, gt_boxes, gt_masks, ignore, by_instance=by_instance
+    )[0]
 
 
 # ---- a batch's targets ---------------------------------------------------------------------------
