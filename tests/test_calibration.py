@@ -10,6 +10,7 @@ from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from box_panoptic.data import BoxPanopticDatasetMapper, PanopticDatasetError
+from box_panoptic.data import mapper as mapper_module
 from box_panoptic.engine.lazy import lazy_test
 from box_panoptic.engine.peer import (
     PanopticFPNTrainer,
@@ -233,21 +234,26 @@ def test_peer_calibrates_its_instance_confidence_on_the_same_images(synthetic_ro
     assert result.confidence == 0.5 or result.pq[0.5] < best  # the model's own wins ties
 
 
-def test_calibration_skips_unreadable_images_only_when_training_does(synthetic_root, tmp_path):
+def test_calibration_skips_unreadable_images_only_when_training_does(
+    synthetic_root, tmp_path, monkeypatch
+):
     """Under INPUT.BAD_SAMPLE_POLICY skip training leaves out images it cannot read; the
-    calibration on the training images then does the same, and otherwise names the image."""
-    real = BoxPanopticDatasetMapper(_cfg(tmp_path), False)
+    calibration on the training images then does the same (its mapper's own skip), and otherwise
+    names the image."""
     bad = calibration_records(TRAIN, 4)[1]["file_name"]
+    read_image = mapper_module.utils.read_image
 
-    def mapper(record):
-        if record["file_name"] == bad:
-            raise PanopticDatasetError(f"image {bad} cannot be read")
-        return real(record)
+    def unreadable_bad(path, *args, **kwargs):
+        if path == bad:
+            raise OSError("cannot identify image file")
+        return read_image(path, *args, **kwargs)
 
+    monkeypatch.setattr(mapper_module.utils, "read_image", unreadable_bad)
     model = _detecting_model()
-    with pytest.raises(PanopticDatasetError, match=bad):
-        ThresholdCalibrator(TRAIN, mapper, 4)(model)
-    assert ThresholdCalibrator(TRAIN, mapper, 4, skip_bad_samples=True)(model).num_images == 3
     opts = ("MODEL.BOX_PANOPTIC.CALIBRATION.ENABLED", True, "INPUT.BAD_SAMPLE_POLICY")
-    assert calibrator_from_config(_cfg(tmp_path, *opts, "skip")).skip_bad_samples
-    assert not calibrator_from_config(_cfg(tmp_path, *opts, "raise")).skip_bad_samples
+    opts += ("MODEL.BOX_PANOPTIC.CALIBRATION.MAX_IMAGES", 4, "DATALOADER.NUM_WORKERS", 0)
+    with pytest.raises(PanopticDatasetError, match=bad):
+        calibrator_from_config(_cfg(tmp_path, *opts[:3], "raise", *opts[3:]))(model)
+    skipping = calibrator_from_config(_cfg(tmp_path, *opts[:3], "skip", *opts[3:]))
+    assert skipping(model).num_images == 3
+    assert skipping.mapper.skipped == 1

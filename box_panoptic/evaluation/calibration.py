@@ -16,6 +16,7 @@ all of them choose the same pair.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -28,7 +29,6 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
 from ..atomic_file import atomic_write
-from ..data.datasets import PanopticDatasetError
 from ..data.loading import load_panoptic_dicts
 from ..data.mapper import BoxPanopticDatasetMapper
 from .sigma_search import build_cache, sweep
@@ -84,23 +84,10 @@ class ThresholdCalibration:
         )
 
 
-class _MapBatch:
-    """A DataLoader collate function: the mapped records of a batch, without those that cannot
-    be read when ``skip`` (each logged)."""
-
-    def __init__(self, mapper: Callable, skip: bool):
-        self.mapper, self.skip = mapper, skip
-
-    def __call__(self, batch: List[dict]) -> List[dict]:
-        out = []
-        for record in batch:
-            try:
-                out.append(self.mapper(record))
-            except PanopticDatasetError as e:
-                if not self.skip:
-                    raise
-                logger.warning(f"threshold calibration: skipping a bad sample: {e}")
-        return out
+def _mapped_batch(mapper: Callable, batch: List[dict]) -> List[dict]:
+    """A DataLoader collate function: the mapped records of ``batch``, without those the mapper
+    skips (None: :class:`BoxPanopticDatasetMapper` under ``bad_sample_policy="skip"``)."""
+    return [x for x in map(mapper, batch) if x is not None]
 
 
 def calibration_records(dataset: str, max_images: int) -> List[dict]:
@@ -130,12 +117,13 @@ class ThresholdCalibrator:
 
     Args:
         dataset: a registered panoptic dataset, normally a training one.
-        mapper: the test mapper (the images are read as at evaluation).
+        mapper: the test mapper (the images are read as at evaluation). A record it maps to
+            None is left out: :func:`calibrator_from_config` gives it training's
+            ``INPUT.BAD_SAMPLE_POLICY``, so under ``skip`` an image training cannot read is left
+            out (and logged by the mapper), and under ``raise`` its error names it.
         max_images: images used (:func:`calibration_records`).
         sigmas, score_threshs: the grid; the model's own pair is always tried as well.
         num_workers: loader workers.
-        skip_bad_samples: leave out (and log) images the mapper cannot read, as training does
-            under ``INPUT.BAD_SAMPLE_POLICY skip``; False: such an image raises its error.
     """
 
     dataset: str
@@ -144,7 +132,6 @@ class ThresholdCalibrator:
     sigmas: Sequence[float] = DEFAULT_SIGMAS
     score_threshs: Sequence[float] = DEFAULT_SCORE_THRESHS
     num_workers: int = 0
-    skip_bad_samples: bool = False
 
     def __post_init__(self):
         if not self.sigmas or not self.score_threshs:
@@ -165,7 +152,7 @@ class ThresholdCalibrator:
             batch_size=1,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=_MapBatch(self.mapper, self.skip_bad_samples),
+            collate_fn=functools.partial(_mapped_batch, self.mapper),
         )
         was_training = net.training
         net.eval()
@@ -215,12 +202,12 @@ def calibrator_from_config(cfg) -> Optional[ThresholdCalibrator]:
         )
     return ThresholdCalibrator(
         dataset=dataset,
-        mapper=BoxPanopticDatasetMapper(cfg, False),
+        # the training images, read as at evaluation, with training's policy for bad ones
+        mapper=BoxPanopticDatasetMapper(cfg, False, bad_sample_policy=cfg.INPUT.BAD_SAMPLE_POLICY),
         max_images=node.MAX_IMAGES,
         sigmas=tuple(node.SIGMAS),
         score_threshs=tuple(node.SCORE_THRESHS),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        skip_bad_samples=cfg.INPUT.BAD_SAMPLE_POLICY == "skip",
     )
 
 
