@@ -55,10 +55,11 @@ def _run(args, root, out_dir, kill=None, rng=None):
     """train_net.py; with ``kill``, send that signal at a random moment after the first
     checkpoint and before the end. Returns the exit code and the run's output."""
     cmd, env = train_net_command(args, root, out_dir)
-    log_path = f"{out_dir}.log"
-    # the output goes to a file, never to a pipe nobody reads while we wait: the run prints about
-    # 60 KB before its first checkpoint, and a full pipe (64 KB) would block it there for good
-    with open(log_path, "ab") as log:
+    # a log of this run alone (the resume's must not hold the interrupted run's lines); a file,
+    # never a pipe nobody reads while we wait: the run prints about 60 KB before its first
+    # checkpoint, and a full pipe (64 KB) would block it there for good
+    log_path = f"{out_dir}{'.resumed' if '--resume' in args else ''}.log"
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             if kill is not None:

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +66,7 @@ def _run(argvs, env, log_dir):
                 p.kill()
         for f in files:
             f.close()
-    logs = [open(path).read() for path in paths]
+    logs = [Path(path).read_text() for path in paths]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-4000:]
     return "\n".join(logs)
