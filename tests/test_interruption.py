@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ from box_panoptic.data.resumable import ResumableTrainStream, count_skipped
 from box_panoptic.engine import PREEMPTED_EXIT_CODE
 
 from .helpers import train_net_command
+from .processes import run_logged
 
 # no evaluation, a fixed seed, two loader workers
 SEEDED_TWO_WORKERS = ["TEST.EVAL_PERIOD", "0", "SEED", "3", "DATALOADER.NUM_WORKERS", "2"]
@@ -53,23 +53,18 @@ def test_stream_replays_the_same_batches_from_any_iteration_and_worker_count(syn
 
 def _run(args, root, out_dir, kill=None, rng=None):
     """train_net.py; with ``kill``, send that signal at a random moment after the first
-    checkpoint and before the end. Returns the exit code and the run's output."""
+    checkpoint and before the end. Returns the exit code and the run's output (a log of this
+    run alone: the resume's must not hold the interrupted run's lines)."""
     cmd, env = train_net_command(args, root, out_dir)
-    # a log of this run alone (the resume's must not hold the interrupted run's lines); a file,
-    # never a pipe nobody reads while we wait: the run prints about 60 KB before its first
-    # checkpoint, and a full pipe (64 KB) would block it there for good
     log_path = f"{out_dir}{'.resumed' if '--resume' in args else ''}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            if kill is not None:
-                _interrupt(proc, os.path.join(out_dir, "last_checkpoint"), kill, rng, log_path)
-            proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    with open(log_path) as f:
-        return proc.returncode, f.read()
+
+    def interrupt(procs):
+        _interrupt(procs[0], os.path.join(out_dir, "last_checkpoint"), kill, rng, log_path)
+
+    (done,) = run_logged(
+        [cmd], [log_path], env=env, timeout=600, during=interrupt if kill is not None else None
+    )
+    return done.returncode, done.log
 
 
 def _interrupt(proc, tag, sig, rng, log_path):

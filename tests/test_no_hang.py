@@ -20,6 +20,7 @@ import pytest
 from box_panoptic.data.synthetic import dataset_paths
 
 from .helpers import ROOT, SYNTHETIC_CONFIG
+from .processes import run_logged
 from .test_user_data import TINY, user_args
 
 DRIVER = os.path.join(ROOT, "tests", "train_driver.py")
@@ -27,17 +28,10 @@ BOUND_S = 180  # a run that has not ended by then is hung
 
 
 def _run_bounded(cmd, log_path, timeout=BOUND_S):
-    """Run ``cmd`` in its own session, output to ``log_path``; kill its group at ``timeout``."""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail(f"hung: no exit within {timeout} s: {cmd}")
-    with open(log_path) as f:
-        return rc, f.read()
+    """Run ``cmd`` with its output to ``log_path``; a run still going at ``timeout`` fails the
+    test (its process group killed). Returns (exit code, output)."""
+    (done,) = run_logged([cmd], [log_path], timeout=timeout)
+    return done.returncode, done.log
 
 
 @pytest.fixture

@@ -7,14 +7,13 @@ same seed, bit for bit."""
 import json
 import os
 import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from .helpers import ROOT, train_net_command
+from .processes import run_logged
 
 DRIVER = os.path.join(ROOT, "tests", "train_driver.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -47,29 +46,14 @@ def _train_net(root, out, flags=(), opts=()):
 
 
 def _run(argvs, env, log_dir):
-    """Start every argv at once (one per machine), wait for all; each must exit 0. Each one's
-    output goes to a file in ``log_dir``: a pipe read one process at a time would let another
-    fill its own and block inside a collective, and the first would wait on it for good."""
+    """Start every argv at once (one per machine), each logging to a file in ``log_dir``; wait
+    for all; each must exit 0. Returns their output."""
     os.makedirs(log_dir, exist_ok=True)
     paths = [os.path.join(log_dir, f"process{i}.log") for i in range(len(argvs))]
-    files = [open(path, "w") for path in paths]
-    procs = [
-        subprocess.Popen(a, env=env, stdout=f, stderr=subprocess.STDOUT)
-        for a, f in zip(argvs, files)
-    ]
-    try:
-        for p in procs:
-            p.wait(timeout=TIMEOUT)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for f in files:
-            f.close()
-    logs = [Path(path).read_text() for path in paths]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
-    return "\n".join(logs)
+    done = run_logged(argvs, paths, env=env, timeout=TIMEOUT)
+    for d in done:
+        assert d.returncode == 0, f"{d.log_path}:\n{d.log[-4000:]}"
+    return "\n".join(d.log for d in done)
 
 
 def _weights(out):

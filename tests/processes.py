@@ -1,0 +1,77 @@
+# box_panoptic: real-time panoptic segmentation from dense detections, as a detectron2 extension.
+"""Running training subprocesses in tests: output to log files, a bounded wait, a clean kill.
+
+A run's output goes to a file, never a pipe: a pipe nobody reads while the test waits holds
+64 KB, and a training run prints about 60 KB (config dump, model, warnings with full paths)
+before its first checkpoint. Once the pipe is full the run blocks on its next write and never
+ends. With several processes, a pipe read one at a time lets another fill its own and block
+inside a collective, so the first one waits on it for good.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import pytest
+
+__all__ = ["Finished", "run_logged"]
+
+
+@dataclass
+class Finished:
+    """One process that ended: its exit code, its output and the log file that holds it."""
+
+    returncode: int
+    log: str
+    log_path: str
+
+
+def run_logged(
+    cmds: Sequence[Sequence[str]],
+    log_paths: Sequence[os.PathLike],
+    *,
+    timeout: float,
+    env: Optional[dict] = None,
+    during: Optional[Callable[[List[subprocess.Popen]], None]] = None,
+) -> List[Finished]:
+    """Start every command at once, each in its own session with stdout and stderr going to
+    its log file; call ``during(processes)`` while they run (to interrupt one, say); wait for
+    all of them, ``timeout`` seconds in total. A process still running then is killed with its
+    whole group (loader workers included) and the test fails naming its log."""
+    if len(cmds) != len(log_paths):
+        raise ValueError(f"{len(cmds)} commands for {len(log_paths)} log files")
+    files = [open(p, "wb") for p in log_paths]
+    procs: List[subprocess.Popen] = []
+    try:
+        for cmd, f in zip(cmds, files):
+            procs.append(
+                subprocess.Popen(
+                    list(cmd), env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
+        if during is not None:
+            during(procs)
+        deadline = time.monotonic() + timeout
+        for proc, path in zip(procs, log_paths):
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"hung: no exit within {timeout:.0f} s; its output: {path}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended in between
+                    pass
+                proc.wait()
+        for f in files:
+            f.close()
+    return [
+        Finished(proc.returncode, Path(path).read_text(errors="replace"), str(path))
+        for proc, path in zip(procs, log_paths)
+    ]
