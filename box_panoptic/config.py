@@ -158,6 +158,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # Measured (README "Learning things"): higher PQ_th on the street style, lower on the shapes
     # style at both seeds tried, so no config sets it.
     bp.POSITIVES_ON_MASK = False
+    # With instance masks, the classification loss ignores (neither positive nor negative) the
+    # positives that lie on no pixel of their object's mask (see POSITIVES_ON_MASK); box and
+    # centerness losses keep them. An object none of whose positives lie on its mask keeps them
+    # all. Training targets only. Excludes POSITIVES_ON_MASK. False: FCOS / the release.
+    bp.IGNORE_OFF_MASK = False
     # Weight of each positive location in the box (GIoU) loss: "centerness" (FCOS, the release:
     # the centerness target, so locations near the box edges hardly count) or "uniform" (every
     # positive alike; mask construction reads every pixel's box, edges included).

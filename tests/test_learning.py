@@ -137,6 +137,66 @@ def test_positives_on_mask_leave_the_background_inside_a_box_negative():
     assert (ltrb[owner == 1] > 0).all()
 
 
+def test_ignore_off_mask_drops_only_off_mask_positives_from_the_classification_loss():
+    from box_panoptic.modeling.losses import BoxPanopticCriterion
+    from box_panoptic.modeling.targets import off_mask_positives
+
+    points, level = _points(64, 64, (4, 8))
+    rule = LocationAssignment.from_settings([8], 2, "instance_area", ignore_off_mask=True)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    box_in = lambda x0, y0, x1, y1: (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)  # noqa: E731
+    ring = box_in(8, 8, 24, 24) & ~box_in(10, 10, 22, 22)  # as above: 16 in-box, 7 on the rim
+    dot = box_in(40, 40, 41, 41)  # no P2 location on its mask
+    masks = torch.stack([ring, dot])
+    boxes = torch.tensor([[8.0, 8.0, 24.0, 24.0], [39.0, 39.0, 43.0, 43.0]])
+    labels, _, owner = rule.fcos(points, level, boxes, torch.tensor([0, 1]), masks, 2)
+    assert (owner == 0).sum() == 16 and (owner == 1).sum() == 1  # positives as the box rule
+    ignored = off_mask_positives(points, owner, masks)
+    assert ignored.sum() == 9 and (owner[ignored] == 0).all()  # the ring's hole only
+    assert not ((points[ignored, 0] == 22) | (points[ignored, 1] == 22)).any()
+    assert not off_mask_positives(points, owner, None).any()  # weak supervision: none
+    with pytest.raises(ValueError, match="IGNORE_OFF_MASK"):
+        LocationAssignment.from_settings(
+            [8], 2, "instance", positives_on_mask=True, ignore_off_mask=True
+        )
+    # the loss: a classifier wrong only at the ignored locations has the loss of a right one
+    k = 2
+    crit = BoxPanopticCriterion(
+        strides=[4, 8], thing_semantic_ids=[3, 4], assignment=rule, loss_weights={}
+    )
+
+    class _T:  # the fields _detection_losses reads
+        pass
+
+    t = _T()
+    t.labels, t.ltrb = labels[None], torch.zeros(1, len(points), 4) + 2.0
+    t.points, t.crowd = points, torch.zeros(1, len(points), dtype=torch.bool)
+    right = torch.full((1, len(points), k), -8.0)
+    right[0, labels < k, labels[labels < k]] = 8.0
+    wrong = right.clone()
+    wrong[0, ignored] = -right[0, ignored]
+    sizes = [(16, 16), (8, 8)]
+
+    def maps(logits, c):
+        out, start = [], 0
+        for h, w in sizes:
+            out.append(logits[:, start : start + h * w].reshape(1, h, w, c).permute(0, 3, 1, 2))
+            start += h * w
+        return out
+
+    def cls_loss(logits, ignore):
+        t.cls_ignored = ignored[None] if ignore else None
+        out = {
+            "box_cls": maps(logits, k),
+            "box_reg": maps(torch.ones(1, len(points), 4), 4),
+            "centerness": maps(torch.zeros(1, len(points), 1), 1),
+        }
+        return crit._detection_losses(out, t)["loss_cls"]
+
+    torch.testing.assert_close(cls_loss(wrong, True), cls_loss(right, True))
+    assert cls_loss(wrong, False) > 10 * cls_loss(right, False)
+
+
 def test_regression_in_stride_units_scales_each_level_by_its_stride():
     pixels = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", False).eval()
     strided = get_model(SYNTHETIC_CONFIG, "MODEL.BOX_PANOPTIC.REG_STRIDE_UNITS", True).eval()

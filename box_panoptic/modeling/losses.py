@@ -30,7 +30,8 @@ __all__ = ["BoxPanopticCriterion", "assignment_from_config", "dice_loss", "reduc
 
 
 def assignment_from_config(cfg) -> LocationAssignment:
-    """The training assignment MODEL.BOX_PANOPTIC describes (a bad LEVEL_ASSIGNMENT is named)."""
+    """The training assignment MODEL.BOX_PANOPTIC describes (a bad LEVEL_ASSIGNMENT, or both
+    POSITIVES_ON_MASK and IGNORE_OFF_MASK, is named)."""
     bp = cfg.MODEL.BOX_PANOPTIC
     try:
         return LocationAssignment.from_settings(
@@ -39,9 +40,10 @@ def assignment_from_config(cfg) -> LocationAssignment:
             bp.LEVEL_ASSIGNMENT,
             bp.CENTRE_POSITIVE,
             bp.POSITIVES_ON_MASK,
+            bp.IGNORE_OFF_MASK,
         )
     except ValueError as e:
-        raise ValueError(f"MODEL.BOX_PANOPTIC.LEVEL_ASSIGNMENT: {e}") from None
+        raise ValueError(f"MODEL.BOX_PANOPTIC.{e}") from None
 
 
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -269,6 +271,8 @@ class BoxPanopticCriterion(nn.Module):
         pos = t.labels < k
         num_pos = reduce_mean(pos.sum().float()).clamp(min=1.0)
         valid = ~t.crowd  # crowd regions: ignored, not negatives
+        if t.cls_ignored is not None:  # IGNORE_OFF_MASK: off-mask positives, neither pos nor neg
+            valid = valid & ~t.cls_ignored
         onehot = F.one_hot(t.labels, k + 1)[..., :-1].to(cls_logits.dtype)
         loss_cls = (
             sigmoid_focal_loss(  # eager: the scripted variant rounds its first calls differently

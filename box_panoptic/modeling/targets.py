@@ -27,6 +27,7 @@ __all__ = [
     "levelness_and_owner_boxes",
     "levelness_targets",
     "centerness_targets",
+    "off_mask_positives",
 ]
 
 INF = float("inf")
@@ -55,6 +56,8 @@ class LocationAssignment:
             (:func:`instance_half_size`).
         positives_on_mask: with masks, an instance's positives are only its level's locations
             on its mask (see :func:`assign_locations`).
+        ignore_off_mask: with masks, the classification loss ignores an instance's positives
+            that lie on no mask of it (:func:`off_mask_positives`); box and centerness keep them.
     """
 
     ranges: Tuple[Tuple[float, float], ...]
@@ -62,6 +65,14 @@ class LocationAssignment:
     centre_positive: bool = False
     instance_scale: str = "max_side"
     positives_on_mask: bool = False
+    ignore_off_mask: bool = False
+
+    def __post_init__(self):
+        if self.positives_on_mask and self.ignore_off_mask:
+            raise ValueError(
+                "POSITIVES_ON_MASK (off-mask locations are negatives) and IGNORE_OFF_MASK "
+                "(they are ignored) exclude each other; set at most one"
+            )
 
     # LEVEL_ASSIGNMENT value -> (by_instance, instance_scale)
     LEVEL_MODES = {
@@ -78,10 +89,11 @@ class LocationAssignment:
         level_assignment: str = "location",
         centre_positive: bool = False,
         positives_on_mask: bool = False,
+        ignore_off_mask: bool = False,
     ) -> "LocationAssignment":
         if level_assignment not in cls.LEVEL_MODES:
             raise ValueError(
-                f"level assignment must be one of {tuple(cls.LEVEL_MODES)}, "
+                f"LEVEL_ASSIGNMENT must be one of {tuple(cls.LEVEL_MODES)}, "
                 f"got {level_assignment!r}"
             )
         by_instance, scale = cls.LEVEL_MODES[level_assignment]
@@ -91,6 +103,7 @@ class LocationAssignment:
             bool(centre_positive),
             scale,
             bool(positives_on_mask),
+            bool(ignore_off_mask),
         )
 
     def fcos(self, points, level_of_point, gt_boxes, gt_classes, gt_masks, num_classes):
@@ -239,6 +252,30 @@ def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
     return ratio.clamp(min=0).sqrt()
 
 
+def off_mask_positives(
+    points: torch.Tensor, owner: torch.Tensor, gt_masks: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """(M,) bool: the positives that lie on no pixel of their owner's mask (the background
+    beside a thin object, inside a ring, in a box's corners), except those of an owner none of
+    whose positives lie on its mask (an object thinner than its level's stride keeps them all).
+
+    Args:
+        points: (M, 2) float (x, y). owner: (M,) long, -1 where negative (:func:`assign_locations`).
+        gt_masks: (G, H, W) bool, or None (weak supervision: nothing is off a mask).
+    """
+    pos = owner >= 0
+    if gt_masks is None or gt_masks.shape[0] == 0 or not bool(pos.any()):
+        return torch.zeros_like(pos)
+    h, w = gt_masks.shape[-2:]
+    xi = points[:, 0].long().clamp(0, w - 1)
+    yi = points[:, 1].long().clamp(0, h - 1)
+    idx = owner.clamp(min=0)
+    on_own = gt_masks[idx, yi, xi] & pos  # (M,)
+    has_on = torch.zeros(gt_masks.shape[0], dtype=torch.bool, device=owner.device)
+    has_on[idx[on_own]] = True
+    return pos & ~on_own & has_on[idx]
+
+
 def fcos_targets(
     points,
     level_of_point,
@@ -339,6 +376,8 @@ class BatchTargets:
         labels: (N, M) thing label of each location, K (= background) where negative.
         ltrb: (N, M, 4) distances to the owner's box (0 where negative).
         crowd: (N, M) bool, negative locations in crowd regions (ignored, not negatives).
+        cls_ignored: (N, M) bool, positives the classification loss ignores
+            (``LocationAssignment.ignore_off_mask``); box and centerness keep them.
         sem_seg: (N, H, W) long semantic labels on the padded input, 255 = ignore.
         levelness: (N, h4, w4) long levelness labels on the stride-4 grid, 255 = ignore.
         owner_boxes4: (N, h4 w4, 4) XYXY box of each stride-4 location's owner (the levelness
@@ -356,6 +395,7 @@ class BatchTargets:
     owner_boxes4: torch.Tensor
     points4: torch.Tensor
     instances: List[GroundTruth]
+    cls_ignored: Optional[torch.Tensor] = None
 
 
 def _pad_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -401,13 +441,15 @@ def batch_targets(
     xi = points[:, 0].long().clamp(max=padded[1] - 1)
     n = len(batched_inputs)
     sem_t = torch.full((n,) + tuple(padded), 255, dtype=torch.long, device=device)
-    labels, ltrbs, lev_t, boxes4, crowd_pts, gts = [], [], [], [], [], []
+    labels, ltrbs, lev_t, boxes4, crowd_pts, gts, ignored = [], [], [], [], [], [], []
     for i, x in enumerate(batched_inputs):
         gt = ground_truth(x, padded, device, weak)
         gts.append(gt)
-        lab, ltrb, _ = assignment.fcos(
+        lab, ltrb, owner = assignment.fcos(
             points, level_of_point, gt.boxes, gt.classes, gt.masks, num_thing_classes
         )
+        if assignment.ignore_off_mask:
+            ignored.append(off_mask_positives(points, owner, gt.masks))
         sem = x["sem_seg"].to(device).long()
         sem_t[i, : sem.shape[0], : sem.shape[1]] = sem
         crowd = x.get("crowd_mask")
@@ -433,4 +475,5 @@ def batch_targets(
         owner_boxes4=torch.stack(boxes4),
         points4=pts4,
         instances=gts,
+        cls_ignored=torch.stack(ignored) if ignored else None,
     )
