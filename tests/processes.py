@@ -39,8 +39,8 @@ def run_logged(
     during: Optional[Callable[[List[subprocess.Popen]], None]] = None,
 ) -> List[Finished]:
     """Start every command at once, each in its own session with stdout and stderr going to
-    its log file; call ``during(processes)`` while they run (to interrupt one, say); wait for
-    all of them, ``timeout`` seconds in total. A process still running then is killed with its
+    its log file; call ``during(processes)`` while they run (to interrupt one, say); then wait
+    for all of them, ``timeout`` seconds in total. A process still running then is killed with its
     whole group (loader workers included) and the test fails naming its log."""
     if len(cmds) != len(log_paths):
         raise ValueError(f"{len(cmds)} commands for {len(log_paths)} log files")

@@ -4,6 +4,7 @@ street synthetic style, the detector diagnostics."""
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -165,12 +166,12 @@ def test_ignore_off_mask_drops_only_off_mask_positives_from_the_classification_l
         strides=[4, 8], thing_semantic_ids=[3, 4], assignment=rule, loss_weights={}
     )
 
-    class _T:  # the fields _detection_losses reads
-        pass
-
-    t = _T()
-    t.labels, t.ltrb = labels[None], torch.zeros(1, len(points), 4) + 2.0
-    t.points, t.crowd = points, torch.zeros(1, len(points), dtype=torch.bool)
+    t = SimpleNamespace(  # the BatchTargets fields _detection_losses reads
+        labels=labels[None],
+        ltrb=torch.zeros(1, len(points), 4) + 2.0,
+        points=points,
+        crowd=torch.zeros(1, len(points), dtype=torch.bool),
+    )
     right = torch.full((1, len(points), k), -8.0)
     right[0, labels < k, labels[labels < k]] = 8.0
     wrong = right.clone()
