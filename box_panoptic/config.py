@@ -147,6 +147,12 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # locations, instead of the level of its height).
     # Training targets only (classification, boxes, centerness, levelness).
     bp.LEVEL_ASSIGNMENT = "location"
+    # Factor f >= 1 that widens each level's size range (lo, hi] to (lo / f, hi * f] for the
+    # positives (classification, boxes, centerness), so an object whose size lies near a
+    # boundary is a positive on both levels: f = sqrt(2) puts every object on two adjacent
+    # levels, as FoveaBox's eta = 2. Levelness targets keep one level per location. 1: FCOS /
+    # the release.
+    bp.LEVEL_RANGE_OVERLAP = 1.0
     # Every object also owns the location of its level nearest its box centre, on its mask or
     # not (thin and small objects whose mask holds no location of their level get a positive).
     # Training targets only. False: FCOS / the release.

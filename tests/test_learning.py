@@ -16,6 +16,7 @@ from box_panoptic.data.synthetic import dataset_paths, ensure_synthetic_split
 from box_panoptic.data.synthetic_street import StreetSpec
 from box_panoptic.modeling.inference import level_locations
 from box_panoptic.modeling.targets import (
+    INF,
     LocationAssignment,
     fcos_targets,
     instance_half_size,
@@ -84,6 +85,35 @@ def test_instance_area_assignment_puts_a_thin_object_on_the_level_of_its_area():
     pts4 = level_locations(16, 16, 4)
     lev = by_area.levelness(pts4, box, None)[0]
     assert set(lev[lev > 0].tolist()) == {1}
+
+
+def test_level_range_overlap_makes_an_object_a_positive_on_two_levels():
+    points, level = _points(64, 64, (4, 8, 16))
+    # levels P2 (0, 8], P3 (8, 16], P4 (16, inf); widened by 2: P2 (0, 16], P3 (4, 32], P4 (8, inf)
+    disjoint = LocationAssignment.from_settings([8, 16], 3, "instance_area")
+    overlap = LocationAssignment.from_settings([8, 16], 3, "instance_area", range_overlap=2.0)
+    assert overlap.positive_ranges() == ((0.0, 16.0), (4.0, 32.0), (8.0, INF))
+    assert overlap.ranges == disjoint.ranges  # the levelness ranges stay disjoint
+    # a 20 x 20 box: sqrt area / 2 = 10 -> P3 only without overlap; P2, P3 and P4 with it
+    box = torch.tensor([[2.0, 2.0, 22.0, 22.0]])
+    cls = torch.tensor([0])
+    _, _, one = disjoint.fcos(points, level, box, cls, None, 1)
+    labels, ltrb, many = overlap.fcos(points, level, box, cls, None, 1)
+    counts = lambda owner: [int(((owner == 0) & (level == i)).sum()) for i in range(3)]  # noqa
+    # inside (2, 22): P2 points (2 + 4k) at x, y in {6, 10, 14, 18}, P3 points (4 + 8k) at
+    # {4, 12, 20}, P4 points (8 + 16k) at {8}
+    assert counts(one) == [0, 9, 0]
+    assert counts(many) == [16, 9, 1]
+    assert (labels[many == 0] == 0).all() and (ltrb[many == 0] > 0).all()
+    # the same positives on the level the object had
+    assert torch.equal((one == 0), (many == 0) & (level == 1))
+    # levelness: one level per location, the undilated one (P3 = 2)
+    pts4 = level_locations(16, 16, 4)
+    lev = overlap.levelness(pts4, box, None)[0]
+    assert set(lev[lev > 0].tolist()) == {2}
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ValueError, match="LEVEL_RANGE_OVERLAP must be >= 1"):
+            LocationAssignment.from_settings([8], 2, range_overlap=bad)
 
 
 def test_centre_positive_gives_a_thin_occluding_object_one_location():

@@ -41,6 +41,7 @@ def assignment_from_config(cfg) -> LocationAssignment:
             bp.CENTRE_POSITIVE,
             bp.POSITIVES_ON_MASK,
             bp.IGNORE_OFF_MASK,
+            bp.LEVEL_RANGE_OVERLAP,
         )
     except ValueError as e:
         raise ValueError(f"MODEL.BOX_PANOPTIC.{e}") from None

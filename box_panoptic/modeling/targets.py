@@ -58,6 +58,10 @@ class LocationAssignment:
             on its mask (see :func:`assign_locations`).
         ignore_off_mask: with masks, the classification loss ignores an instance's positives
             that lie on no mask of it (:func:`off_mask_positives`); box and centerness keep them.
+        range_overlap: f >= 1; the classification, box and centerness targets take each level's
+            range (lo, hi] widened to (lo / f, hi * f] (:meth:`positive_ranges`), so an object
+            may be a positive on two adjacent levels (f = sqrt(2) is FoveaBox's eta = 2). The
+            levelness targets keep the ranges as they are: one level per location.
     """
 
     ranges: Tuple[Tuple[float, float], ...]
@@ -66,8 +70,14 @@ class LocationAssignment:
     instance_scale: str = "max_side"
     positives_on_mask: bool = False
     ignore_off_mask: bool = False
+    range_overlap: float = 1.0
 
     def __post_init__(self):
+        if not self.range_overlap >= 1.0:
+            raise ValueError(
+                f"LEVEL_RANGE_OVERLAP must be >= 1 (1 = disjoint level ranges), got "
+                f"{self.range_overlap!r}"
+            )
         if self.positives_on_mask and self.ignore_off_mask:
             raise ValueError(
                 "POSITIVES_ON_MASK (off-mask locations are negatives) and IGNORE_OFF_MASK "
@@ -90,6 +100,7 @@ class LocationAssignment:
         centre_positive: bool = False,
         positives_on_mask: bool = False,
         ignore_off_mask: bool = False,
+        range_overlap: float = 1.0,
     ) -> "LocationAssignment":
         if level_assignment not in cls.LEVEL_MODES:
             raise ValueError(
@@ -104,14 +115,21 @@ class LocationAssignment:
             scale,
             bool(positives_on_mask),
             bool(ignore_off_mask),
+            float(range_overlap),
         )
+
+    def positive_ranges(self) -> Tuple[Tuple[float, float], ...]:
+        """Per level, the (lo, hi] range of the positives: ``ranges`` widened by
+        ``range_overlap`` at both ends (the first level's 0 and the last's inf stay)."""
+        f = self.range_overlap
+        return tuple((lo / f, hi * f) for lo, hi in self.ranges)
 
     def fcos(self, points, level_of_point, gt_boxes, gt_classes, gt_masks, num_classes):
         """:func:`fcos_targets` under this assignment."""
         return fcos_targets(
             points,
             level_of_point,
-            self.ranges,
+            self.positive_ranges(),
             gt_boxes,
             gt_classes,
             gt_masks,
