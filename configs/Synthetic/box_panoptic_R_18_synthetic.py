@@ -49,6 +49,7 @@ model.sem_seg_head.in_channels = 64
 model.levelness_head.in_channels = 64
 model.criterion.assignment.sizes_of_interest = [8, 16, 32, 64]
 model.criterion.assignment.level_assignment = "instance_area"  # the yaml's comment
+model.criterion.assignment.range_overlap = 1.4142  # two levels per object (the yaml's comment)
 model.criterion.dense_box_loss = True  # the dense box map from P2 everywhere (the yaml's comment)
 model.criterion.dense_box_source = "finest"
 model.postprocessor.dense_box_source = "finest"
