@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 import pytest
 
-__all__ = ["Finished", "run_logged"]
+__all__ = ["Finished", "run_logged", "wait_for_output"]
 
 
 @dataclass
@@ -75,3 +75,18 @@ def run_logged(
         Finished(proc.returncode, Path(path).read_text(errors="replace"), str(path))
         for proc, path in zip(procs, log_paths)
     ]
+
+
+def wait_for_output(proc: subprocess.Popen, log_path: os.PathLike, text: str, *, timeout: float):
+    """Return once ``text`` is in the log file of ``proc`` (a ``run_logged`` process, from its
+    ``during`` callback: to signal a run once it has reached a known point). Fails the test,
+    naming the log, if the process ends first or ``timeout`` seconds pass; ``run_logged`` then
+    kills what is left."""
+    deadline = time.monotonic() + timeout
+    path = Path(log_path)
+    while text not in path.read_text(errors="replace"):
+        if proc.poll() is not None:
+            pytest.fail(f"ended (exit {proc.returncode}) before {text!r}; its output: {path}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} within {timeout:.0f} s; its output: {path}")
+        time.sleep(0.2)

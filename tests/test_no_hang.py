@@ -11,7 +11,6 @@ purpose, a signal sent once a log line says training has started).
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
@@ -20,7 +19,7 @@ import pytest
 from box_panoptic.data.synthetic import dataset_paths
 
 from .helpers import ROOT, SYNTHETIC_CONFIG
-from .processes import run_logged
+from .processes import run_logged, wait_for_output
 from .test_user_data import TINY, user_args
 
 DRIVER = os.path.join(ROOT, "tests", "train_driver.py")
@@ -83,18 +82,18 @@ def test_exception_in_hook_or_evaluator_exits(user_root, tmp_path, where):
     assert f"{'a hook' if where == 'hook' else 'an evaluator'} failed on purpose" in log
 
 
-def _start_training(user_root, tmp_path):
-    """A long training run with 2 loader workers; returns it once its data stream started."""
+def _long_training(user_root, tmp_path, on_start):
+    """A long training run with 2 loader workers; ``on_start(proc)`` runs once its log says the
+    data stream started, and the run must then end within BOUND_S. Returns its ``Finished``."""
     cmd = _train_cmd(user_root, tmp_path / "o", ("SOLVER.MAX_ITER", "100000"))
-    log = open(tmp_path / "log.txt", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + BOUND_S
-    while "Training data stream" not in (tmp_path / "log.txt").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("training did not start:\n" + (tmp_path / "log.txt").read_text()[-3000:])
-        time.sleep(0.2)
-    return proc
+    log_path = tmp_path / "log.txt"
+
+    def during(procs):
+        wait_for_output(procs[0], log_path, "Training data stream", timeout=BOUND_S)
+        on_start(procs[0])
+
+    (done,) = run_logged([cmd], [log_path], timeout=BOUND_S, during=during)
+    return done
 
 
 def _children(pid):
@@ -112,33 +111,30 @@ def _alive(pid):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_trainer_leaves_no_worker(user_root, tmp_path):
-    proc = _start_training(user_root, tmp_path)
-    try:
+    workers = []
+
+    def kill_the_trainer(proc):
         deadline = time.monotonic() + 60
         while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        workers = _children(proc.pid)
+        workers.extend(_children(proc.pid))
         assert len(workers) >= 2 and all(_alive(w) for w in workers)
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 30
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not any(_alive(w) for w in workers), "a loader worker outlived its trainer"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()  # the trainer alone, not its process group
+
+    done = _long_training(user_root, tmp_path, kill_the_trainer)
+    assert done.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # never leak them past the test
+        os.kill(w, signal.SIGKILL)
+    assert not left, "a loader worker outlived its trainer"
 
 
 def test_sigint_saves_a_checkpoint_and_exits(user_root, tmp_path):
-    proc = _start_training(user_root, tmp_path)
-    try:
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=BOUND_S)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert rc == 128 + signal.SIGINT, (tmp_path / "log.txt").read_text()[-3000:]
+    done = _long_training(user_root, tmp_path, lambda proc: proc.send_signal(signal.SIGINT))
+    assert done.returncode == 128 + signal.SIGINT, done.log[-3000:]
     tag = (tmp_path / "o" / "last_checkpoint").read_text()
     assert tag.startswith("model_0") and (tmp_path / "o" / tag).is_file()
-    assert "SIGINT: stopped after iteration" in (tmp_path / "log.txt").read_text()
+    assert "SIGINT: stopped after iteration" in done.log
