@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 import pytest
 
-__all__ = ["Finished", "run_logged", "wait_for_output"]
+__all__ = ["Finished", "alive", "run_logged", "still_alive_after", "wait_for_output"]
 
 
 @dataclass
@@ -90,3 +90,27 @@ def wait_for_output(proc: subprocess.Popen, log_path: os.PathLike, text: str, *,
         if time.monotonic() > deadline:
             pytest.fail(f"no {text!r} within {timeout:.0f} s; its output: {path}")
         time.sleep(0.2)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux: reads /proc; a zombie counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def still_alive_after(pids: Sequence[int], *, timeout: float) -> List[int]:
+    """Wait up to ``timeout`` seconds for every process of ``pids`` to end; returns those that
+    have not, after killing them so that none outlives the test."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:  # it ended in between
+            pass
+    return left

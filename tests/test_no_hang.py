@@ -19,7 +19,7 @@ import pytest
 from box_panoptic.data.synthetic import dataset_paths
 
 from .helpers import ROOT, SYNTHETIC_CONFIG
-from .processes import run_logged, wait_for_output
+from .processes import alive, run_logged, still_alive_after, wait_for_output
 from .test_user_data import TINY, user_args
 
 DRIVER = os.path.join(ROOT, "tests", "train_driver.py")
@@ -101,14 +101,6 @@ def _children(pid):
         return [int(c) for c in f.read().split()]
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_trainer_leaves_no_worker(user_root, tmp_path):
     workers = []
@@ -118,18 +110,12 @@ def test_killed_trainer_leaves_no_worker(user_root, tmp_path):
         while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         workers.extend(_children(proc.pid))
-        assert len(workers) >= 2 and all(_alive(w) for w in workers)
+        assert len(workers) >= 2 and all(alive(w) for w in workers)
         proc.kill()  # the trainer alone, not its process group
 
     done = _long_training(user_root, tmp_path, kill_the_trainer)
     assert done.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = [w for w in workers if _alive(w)]
-    for w in left:  # never leak them past the test
-        os.kill(w, signal.SIGKILL)
-    assert not left, "a loader worker outlived its trainer"
+    assert not still_alive_after(workers, timeout=30), "a loader worker outlived its trainer"
 
 
 def test_sigint_saves_a_checkpoint_and_exits(user_root, tmp_path):
