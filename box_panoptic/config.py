@@ -97,6 +97,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # p(c_j) / the likeliest thing class's probability; mask_construction.
     # thing_semantic_probabilities). Inference and the mask loss. Not in the paper.
     bp.THING_SEMANTICS = "class"
+    # Where a thing query may take pixels (step 6): "soft_mask" (the release: wherever S_j >=
+    # sigma) or "semantic_things" (only where the output-resolution semantic argmax is a thing
+    # class: the stride-4 soft masks, bilinearly upsampled, spill past thin and small things;
+    # the semantic logits, trained at full resolution, place the boundary). Not in the paper.
+    bp.THING_PIXELS = "soft_mask"
 
     # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------
     # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "assemble_argmax" (each pixel to the detection

@@ -21,6 +21,7 @@ __all__ = [
     "location_term",
     "soft_masks",
     "THING_SEMANTICS",
+    "THING_PIXELS",
     "thing_semantic_probabilities",
 ]
 
@@ -186,6 +187,9 @@ def soft_masks(
 
 
 THING_SEMANTICS = ("class", "relative")
+# Where a thing query may take output pixels (MODEL.BOX_PANOPTIC.THING_PIXELS): wherever its
+# soft mask reaches sigma (the release), or only where the semantic argmax is a thing class too.
+THING_PIXELS = ("soft_mask", "semantic_things")
 
 
 def thing_semantic_probabilities(

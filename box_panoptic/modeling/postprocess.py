@@ -29,6 +29,7 @@ from .inference import decode_detections
 from .mask_candidates import soft_mask_candidates
 from .mask_construction import (
     DENSE_BOX_SOURCES,
+    THING_PIXELS,
     THING_SEMANTICS,
     boxes_from_ltrb,
     dense_boxes,
@@ -129,6 +130,7 @@ class BoxPanopticPostProcessor(nn.Module):
         use_levelness: bool = True,
         dense_box_source: str = "levelness",
         thing_semantics: str = "class",
+        thing_pixels: str = "soft_mask",
         assembly: str = "assemble_argmax",
         det_score_thresh: float = 0.3,
         overlap_thresh: float = 0.5,
@@ -166,6 +168,10 @@ class BoxPanopticPostProcessor(nn.Module):
                 f"BoxPanoptic: unknown THING_SEMANTICS {thing_semantics!r} "
                 f"(one of {THING_SEMANTICS})"
             )
+        if thing_pixels not in THING_PIXELS:
+            raise ValueError(
+                f"BoxPanoptic: unknown THING_PIXELS {thing_pixels!r} (one of {THING_PIXELS})"
+            )
         if not mask_thresh > 0:
             raise ValueError(f"BoxPanoptic: mask_thresh (sigma) must be > 0, got {mask_thresh}")
         self.strides = [int(s) for s in strides]
@@ -184,6 +190,7 @@ class BoxPanopticPostProcessor(nn.Module):
         self.use_levelness       = use_levelness
         self.dense_box_source    = dense_box_source
         self.thing_semantics     = thing_semantics
+        self.thing_pixels        = thing_pixels
         self.assembly            = assembly
         self.det_score_thresh    = det_score_thresh
         self.overlap_thresh      = overlap_thresh
@@ -211,6 +218,7 @@ class BoxPanopticPostProcessor(nn.Module):
             "use_levelness": bp.USE_LEVELNESS,
             "dense_box_source": bp.DENSE_BOX_SOURCE,
             "thing_semantics": bp.THING_SEMANTICS,
+            "thing_pixels": bp.THING_PIXELS,
             "assembly": bp.ASSEMBLY,
             "det_score_thresh": bp.DET_SCORE_THRESH,
             "overlap_thresh": bp.OVERLAP_THRESH,
@@ -320,6 +328,21 @@ class BoxPanopticPostProcessor(nn.Module):
         grid = output_grid(tuple(sem8.shape[-2:]), d.padded_size, size, size, sem8.device)
         return semantic_labels(sem_seg, sem8, grid)
 
+    def is_thing(self, sem_seg: torch.Tensor) -> torch.Tensor:
+        """(C,) bool: the thing rows of the semantic classes."""
+        is_thing = torch.zeros(sem_seg.shape[0], dtype=torch.bool, device=sem_seg.device)
+        is_thing[self.thing_semantic_ids] = True
+        return is_thing
+
+    def restrict_to_things(
+        self, candidates: Candidates, sem_seg: torch.Tensor, semantic: torch.Tensor
+    ) -> Candidates:
+        """``thing_pixels`` "semantic_things": the candidates accepted only at output pixels
+        whose semantic argmax (``semantic``: (H, W) labels or (C, H, W) logits, as
+        :meth:`semantic_argmax` returns) is a thing class."""
+        labels = semantic if semantic.dim() == 2 else semantic.argmax(dim=0)
+        return candidates.restricted_to(self.is_thing(sem_seg)[labels])
+
     def assemble(
         self,
         d: DecodedImage,
@@ -327,18 +350,18 @@ class BoxPanopticPostProcessor(nn.Module):
         candidates: Candidates,
         sigma: float,
         tau: float,
+        semantic: Optional[torch.Tensor] = None,
     ) -> PanopticSegments:
-        """Step 7 (the registered assembly rule)."""
-        is_thing = torch.zeros(sem_seg.shape[0], dtype=torch.bool, device=sem_seg.device)
-        is_thing[self.thing_semantic_ids] = True
+        """Step 7 (the registered assembly rule); ``semantic``: :meth:`semantic_argmax`'s
+        result when the caller has it."""
         fn: Callable = PANOPTIC_ASSEMBLY_REGISTRY.get(self.assembly)
         return fn(
             candidates,
             d.classes,
             d.scores,
             d.scores >= tau,
-            self.semantic_argmax(d, sem_seg),
-            is_thing,
+            self.semantic_argmax(d, sem_seg) if semantic is None else semantic,
+            self.is_thing(sem_seg),
             mask_thresh=sigma,
             overlap_thresh=self.overlap_thresh,
             instance_area_min=self.instance_area_min,
@@ -357,7 +380,10 @@ class BoxPanopticPostProcessor(nn.Module):
         with stage("candidates"):
             candidates = self.pixel_candidates(d, sem_prob4, grid, sigma, tau)
         with stage("assembly"):
-            segments = self.assemble(d, sem_seg, candidates, sigma, tau)
+            semantic = self.semantic_argmax(d, sem_seg)
+            if self.thing_pixels == "semantic_things":
+                candidates = self.restrict_to_things(candidates, sem_seg, semantic)
+            segments = self.assemble(d, sem_seg, candidates, sigma, tau, semantic)
         return ImagePanoptic(sem_seg, candidates, segments)
 
     # ---- detectron2's output contract ------------------------------------------------------------

@@ -147,6 +147,17 @@ class Candidates(NamedTuple):
         """Detection ids (0 or j + 1) of candidate slots ``k`` at pixels (``y``, ``x``)."""
         return self.window_ids[k, self.rows[y], self.cols[x]]
 
+    def restricted_to(self, allowed: torch.Tensor) -> "Candidates":
+        """The candidates with every value set to 0 (below any sigma > 0, never accepted) at
+        the output pixels where ``allowed`` (H, W) bool is False; the ids stay, so the
+        per-window tables are unchanged."""
+        values = self.values * allowed.to(self.values.dtype)
+        extra_values = self.extra_values
+        if self.extra_pixels is not None and self.extra_values is not None:
+            keep = allowed.reshape(-1)[self.extra_pixels].to(self.extra_values.dtype)
+            extra_values = self.extra_values * keep
+        return self._replace(values=values, extra_values=extra_values)
+
     def accepted_area(self, accepted: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """(P,) long: at how many pixels each detection is accepted, given ``accepted``
         (K, H, W) bool and ``slots`` (1 + P,), any tensor with one entry per id (its length
