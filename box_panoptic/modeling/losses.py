@@ -107,6 +107,8 @@ class BoxPanopticCriterion(nn.Module):
     BOX_LOSS_WEIGHTINGS = ("centerness", "uniform")
     MASK_LOSS_TYPES = ("bce", "dice")
     DENSE_BOX_LOSS_NORMS = ("cells", "instance")
+    POSITIVES_NORMALIZERS = ("batch", "ema")
+    NORMALIZER_MOMENTUM = 0.9
 
     @configurable
     def __init__(
@@ -127,6 +129,7 @@ class BoxPanopticCriterion(nn.Module):
         dense_box_source: str = "levelness",
         thing_semantics: str = "class",
         dense_box_loss_norm: str = "cells",
+        positives_normalizer: str = "batch",
         sem_instance_loss: bool = False,
         loss_weights: Optional[Dict[str, float]] = None,
     ):
@@ -155,6 +158,9 @@ class BoxPanopticCriterion(nn.Module):
                 (``mask_construction.thing_semantic_probabilities``), as inference reads it.
             dense_box_loss_norm: "cells" (``loss_dense_box`` is the mean over thing cells) or
                 "instance" (the mean over instances of each instance's mean over its cells).
+            positives_normalizer: what ``loss_cls`` and ``loss_ctr`` are divided by: "batch"
+                (the batch's positives averaged over workers, at least 1: FCOS) or "ema" (their
+                moving average, :meth:`_positives_normalizer`).
             sem_instance_loss: add ``loss_sem_instance`` (:func:`instance_semantic_loss`).
             box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
                 centerness target) or "uniform" (every positive alike, normalised by positives).
@@ -194,6 +200,11 @@ class BoxPanopticCriterion(nn.Module):
         self.dense_box_loss_norm = _one_of(
             "dense_box_loss_norm", dense_box_loss_norm, self.DENSE_BOX_LOSS_NORMS
         )
+        self.positives_normalizer = _one_of(
+            "positives_normalizer", positives_normalizer, self.POSITIVES_NORMALIZERS
+        )
+        if self.positives_normalizer == "ema":  # in checkpoints: a resumed run divides alike
+            self.register_buffer("positives_average", torch.tensor(-1.0))  # -1: no batch yet
         self.sem_instance_loss = bool(sem_instance_loss)
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
@@ -217,6 +228,7 @@ class BoxPanopticCriterion(nn.Module):
             "dense_box_source": bp.DENSE_BOX_SOURCE,
             "thing_semantics": bp.THING_SEMANTICS,
             "dense_box_loss_norm": bp.DENSE_BOX_LOSS_NORM,
+            "positives_normalizer": bp.POSITIVES_NORMALIZER,
             "sem_instance_loss": bp.SEM_INSTANCE_LOSS,
             "loss_weights": {
                 "loss_cls": bp.LOSS_WEIGHT_CLS,
@@ -270,7 +282,7 @@ class BoxPanopticCriterion(nn.Module):
         reg = flat(out["box_reg"], 4)
         ctr = flat(out["centerness"], 1)[..., 0]
         pos = t.labels < k
-        num_pos = reduce_mean(pos.sum().float()).clamp(min=1.0)
+        num_pos = self._positives_normalizer(reduce_mean(pos.sum().float()))
         valid = ~t.crowd  # crowd regions: ignored, not negatives
         if t.cls_ignored is not None:  # IGNORE_OFF_MASK: off-mask positives, neither pos nor neg
             valid = valid & ~t.cls_ignored
@@ -309,6 +321,24 @@ class BoxPanopticCriterion(nn.Module):
             "loss_ctr": F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="sum")
             / num_pos,
         }
+
+    def _positives_normalizer(self, count: torch.Tensor) -> torch.Tensor:
+        """What the focal and centerness sums are divided by, given the batch's positives
+        ``count`` (averaged over workers, so the same on each): ``max(count, 1)`` ("batch"); or
+        ("ema") the moving average ``a <- m a + (1 - m) max(count, 1)`` with m =
+        ``NORMALIZER_MOMENTUM``, which starts at the first batch with positives (batches before
+        it divide by 1, as "batch" does). A batch with few or no positives is then divided by
+        about the usual count, not by 1."""
+        count = count.detach()
+        clamped = count.clamp(min=1.0)
+        if self.positives_normalizer == "batch":
+            return clamped
+        avg, m = self.positives_average, self.NORMALIZER_MOMENTUM
+        with torch.no_grad():
+            started = avg >= 0
+            updated = torch.where(started, m * avg + (1 - m) * clamped, clamped)
+            avg.copy_(torch.where(started | (count > 0), updated, avg))
+        return torch.where(avg >= 0, avg, clamped)
 
     def _mask_loss(self, out: Dict, t: BatchTargets) -> torch.Tensor:
         """BCE or Dice (``mask_loss_type``) between S_k built from GT boxes as queries (METHOD
