@@ -100,7 +100,8 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # Where a thing query may take pixels (step 6): "soft_mask" (the release: wherever S_j >=
     # sigma) or "semantic_things" (only where the output-resolution semantic argmax is a thing
     # class: the stride-4 soft masks, bilinearly upsampled, spill past thin and small things;
-    # the semantic logits, trained at full resolution, place the boundary). Not in the paper.
+    # the semantic logits, trained at full resolution, place the boundary). Not in the paper;
+    # tried at 600 iterations and not kept: street PQ_th down by 3 (docs/learning.md).
     bp.THING_PIXELS = "soft_mask"
 
     # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------

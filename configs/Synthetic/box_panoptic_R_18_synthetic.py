@@ -52,6 +52,7 @@ model.criterion.assignment.level_assignment = "instance_area"  # the yaml's comm
 model.criterion.assignment.range_overlap = 1.4142  # two levels per object (the yaml's comment)
 model.criterion.dense_box_loss = True  # the dense box map from P2 everywhere (the yaml's comment)
 model.criterion.dense_box_source = "finest"
+model.criterion.positives_normalizer = "ema"  # moving average of positives (the yaml's comment)
 model.postprocessor.dense_box_source = "finest"
 model.criterion.thing_semantics = "relative"  # P_sem of thing queries (the yaml's comment)
 model.postprocessor.thing_semantics = "relative"
