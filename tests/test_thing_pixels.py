@@ -6,10 +6,10 @@ import torch
 
 from box_panoptic.modeling.assembly import assemble_argmax
 from box_panoptic.modeling.postprocess import DecodedImage, instance_masks
-from box_panoptic.modeling.upsampling import dense_candidates, output_grid, sample_candidates
+from box_panoptic.modeling.upsampling import dense_candidates, sample_candidates
 
 from .helpers import SYNTHETIC_CONFIG, get_model
-from .test_upsampling import IS_THING, KW, _pile, _reference_masks
+from .test_upsampling import IS_THING, KW, _reference_masks, crowded_pile_scene
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -17,16 +17,9 @@ def test_restricted_candidates_equal_the_dense_reference_restricted(seed):
     """A crowded pile (exact mode lists further detections at some pixels): restricting the
     candidates to a pixel set equals zeroing the full-resolution masks outside it, for the
     instance masks and the assembly, the crowded pixels' further detections included."""
-    p, h4, w4, sigma, k = 8, 24, 28, 0.35, 4
-    masks4 = _pile(p, h4, w4, seed)
-    padded, image = (96, 112), (93, 109)
-    g = torch.Generator().manual_seed(seed)
-    classes = torch.randint(0, 3, (p,), generator=g)
-    scores = torch.rand(p, generator=g)
-    active = torch.ones(p, dtype=torch.bool)
-    sem = torch.randn(5, *image, generator=g)
+    p, sigma, k = 8, 0.35, 4
+    masks4, padded, image, classes, scores, active, sem, grid, g = crowded_pile_scene(seed, p)
     allowed = torch.rand(image, generator=g) < 0.6
-    grid = output_grid((h4, w4), padded, image, image)
     cand = sample_candidates(masks4, grid, k, sigma, active, exact=True)
     assert cand.has_extra
     dense = _reference_masks(masks4, padded, image)

@@ -102,15 +102,8 @@ def _pile(p, h, w, seed):
 def test_exact_candidates_equal_the_dense_reference_on_a_crowded_pile(fn, seed, banded):
     """8 overlapping detections reaching sigma in the same windows, K = 4: exact mode lists the
     rest at the crowded pixels and equals the full-resolution reference; the fixed K does not."""
-    p, h4, w4, sigma, k = 8, 24, 28, 0.35, 4
-    masks4 = _pile(p, h4, w4, seed)
-    padded, image = (96, 112), (93, 109)
-    g = torch.Generator().manual_seed(seed)
-    classes = torch.randint(0, 3, (p,), generator=g)
-    scores = torch.rand(p, generator=g)
-    active = torch.ones(p, dtype=torch.bool)
-    sem = torch.randn(5, *image, generator=g)
-    grid = output_grid((h4, w4), padded, image, image)
+    p, sigma, k = 8, 0.35, 4
+    masks4, padded, image, classes, scores, active, sem, grid, _ = crowded_pile_scene(seed, p)
     dense = _reference_masks(masks4, padded, image)
     assert int((dense >= sigma).sum(0).max()) == p  # every detection reaches sigma somewhere
     if banded:  # the model's path: soft masks from boxes, band by band (here: P_loc = masks4)
@@ -128,6 +121,21 @@ def test_exact_candidates_equal_the_dense_reference_on_a_crowded_pile(fn, seed, 
     assert torch.equal(instance_masks(cand, sigma, p), dense >= sigma)
     # the fixed K truncates the low-ranked detections' masks
     assert not torch.equal(instance_masks(fixed, sigma, p), dense >= sigma)
+
+
+def crowded_pile_scene(seed: int, p: int = 8):
+    """P overlapping soft masks on a 24 x 28 grid under a (93, 109) image padded to (96, 112),
+    with random classes, scores and semantic logits: (masks4, padded, image, classes, scores,
+    active, sem, grid, generator), the generator left to draw more from."""
+    masks4 = _pile(p, 24, 28, seed)
+    padded, image = (96, 112), (93, 109)
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 3, (p,), generator=g)
+    scores = torch.rand(p, generator=g)
+    active = torch.ones(p, dtype=torch.bool)
+    sem = torch.randn(5, *image, generator=g)
+    grid = output_grid((24, 28), padded, image, image)
+    return masks4, padded, image, classes, scores, active, sem, grid, g
 
 
 def _banded_candidates(masks4, grid, k, sigma, active, exact):
