@@ -18,11 +18,12 @@ def test_restricted_candidates_equal_the_dense_reference_restricted(seed):
     candidates to a pixel set equals zeroing the full-resolution masks outside it, for the
     instance masks and the assembly, the crowded pixels' further detections included."""
     p, sigma, k = 8, 0.35, 4
-    masks4, padded, image, classes, scores, active, sem, grid, g = crowded_pile_scene(seed, p)
-    allowed = torch.rand(image, generator=g) < 0.6
-    cand = sample_candidates(masks4, grid, k, sigma, active, exact=True)
+    scene = crowded_pile_scene(seed, p)
+    classes, scores, active, sem = scene.classes, scene.scores, scene.active, scene.sem
+    allowed = torch.rand(scene.image, generator=scene.g) < 0.6
+    cand = sample_candidates(scene.masks4, scene.grid, k, sigma, active, exact=True)
     assert cand.has_extra
-    dense = _reference_masks(masks4, padded, image)
+    dense = _reference_masks(scene.masks4, scene.padded, scene.image)
     restricted = cand.restricted_to(allowed)
     assert torch.equal(instance_masks(restricted, sigma, p), (dense >= sigma) & allowed)
     # the extra candidates were restricted too: some crowded pixel lost a detection

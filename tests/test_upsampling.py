@@ -4,6 +4,7 @@ detection's soft mask bilinearly upsampled to full resolution (F.interpolate), t
 assembled. Equal outputs while no window holds more than K detections reaching sigma."""
 
 import math
+from typing import NamedTuple, Tuple
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from box_panoptic.modeling.mask_candidates import soft_mask_candidates
 from box_panoptic.modeling.mask_construction import location_term, soft_masks
 from box_panoptic.modeling.postprocess import instance_masks
 from box_panoptic.modeling.upsampling import (
+    OutputGrid,
     dense_candidates,
     output_grid,
     resample,
@@ -123,11 +125,25 @@ def test_exact_candidates_equal_the_dense_reference_on_a_crowded_pile(fn, seed, 
     assert not torch.equal(instance_masks(fixed, sigma, p), dense >= sigma)
 
 
-def crowded_pile_scene(seed: int, p: int = 8):
-    """P overlapping soft masks on a 24 x 28 grid under a (93, 109) image padded to (96, 112),
-    with random classes, scores and semantic logits: (masks4, padded, image, classes, scores,
-    active, sem, grid, generator), the generator left to draw more from."""
-    masks4 = _pile(p, 24, 28, seed)
+class PileScene(NamedTuple):
+    """A crowded pile's inputs: ``masks4`` (P, 24, 28) overlapping soft masks under an
+    ``image`` (93, 109) padded to ``padded`` (96, 112); random ``classes``, ``scores`` (P,),
+    ``active`` (P,) all True, semantic logits ``sem`` (5, 93, 109); the output ``grid``; and the
+    generator ``g`` they were drawn from, left to draw more."""
+
+    masks4: torch.Tensor
+    padded: Tuple[int, int]
+    image: Tuple[int, int]
+    classes: torch.Tensor
+    scores: torch.Tensor
+    active: torch.Tensor
+    sem: torch.Tensor
+    grid: OutputGrid
+    g: torch.Generator
+
+
+def crowded_pile_scene(seed: int, p: int = 8) -> PileScene:
+    """P overlapping detections reaching sigma 0.35 in the same windows (:class:`PileScene`)."""
     padded, image = (96, 112), (93, 109)
     g = torch.Generator().manual_seed(seed)
     classes = torch.randint(0, 3, (p,), generator=g)
@@ -135,7 +151,7 @@ def crowded_pile_scene(seed: int, p: int = 8):
     active = torch.ones(p, dtype=torch.bool)
     sem = torch.randn(5, *image, generator=g)
     grid = output_grid((24, 28), padded, image, image)
-    return masks4, padded, image, classes, scores, active, sem, grid, g
+    return PileScene(_pile(p, 24, 28, seed), padded, image, classes, scores, active, sem, grid, g)
 
 
 def _banded_candidates(masks4, grid, k, sigma, active, exact):
