@@ -193,6 +193,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     bp.LOSS_WEIGHT_MASK = 1.0
     bp.LOSS_WEIGHT_DENSE_BOX = 1.0
     bp.LOSS_WEIGHT_SEM_INSTANCE = 1.0
+    # Weight of loss_cls_ce: a softmax cross-entropy over the K_th box-class logits at each
+    # positive location, divided like loss_cls. It trains only which thing class a positive is
+    # (shift-invariant: the logits' common level, the score, is left to the focal loss). 0 (the
+    # release): the loss is not computed.
+    bp.LOSS_WEIGHT_CLS_CE = 0.0
     # Optional loss on the constructed soft masks (METHOD §3.4). Off in weak supervision.
     bp.MASK_LOSS = False
     # Form of the mask loss per instance: "bce" (mean BCE over every stride-4 cell of the image:

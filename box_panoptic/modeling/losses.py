@@ -103,6 +103,7 @@ class BoxPanopticCriterion(nn.Module):
         "loss_mask",
         "loss_dense_box",
         "loss_sem_instance",
+        "loss_cls_ce",
     )
     BOX_LOSS_WEIGHTINGS = ("centerness", "uniform")
     MASK_LOSS_TYPES = ("bce", "dice")
@@ -164,7 +165,8 @@ class BoxPanopticCriterion(nn.Module):
             sem_instance_loss: add ``loss_sem_instance`` (:func:`instance_semantic_loss`).
             box_loss_weighting: "centerness" (FCOS: each positive's GIoU weighted by its
                 centerness target) or "uniform" (every positive alike, normalised by positives).
-            loss_weights: {loss name: weight}; missing names weigh 1.
+            loss_weights: {loss name: weight}; missing names weigh 1, except ``loss_cls_ce``,
+                which is computed only with a positive weight.
         """
         super().__init__()
         weights = dict(loss_weights or {})
@@ -207,6 +209,7 @@ class BoxPanopticCriterion(nn.Module):
             self.register_buffer("positives_average", torch.tensor(-1.0))  # -1: no batch yet
         self.sem_instance_loss = bool(sem_instance_loss)
         self.weights = {k: float(weights.get(k, 1.0)) for k in self.LOSS_NAMES}
+        self.weights["loss_cls_ce"] = float(weights.get("loss_cls_ce", 0.0))
         self.register_buffer("thing_ids", torch.tensor(thing_semantic_ids).long(), False)
 
     @classmethod
@@ -239,6 +242,7 @@ class BoxPanopticCriterion(nn.Module):
                 "loss_mask": bp.LOSS_WEIGHT_MASK,
                 "loss_dense_box": bp.LOSS_WEIGHT_DENSE_BOX,
                 "loss_sem_instance": bp.LOSS_WEIGHT_SEM_INSTANCE,
+                "loss_cls_ce": bp.LOSS_WEIGHT_CLS_CE,
             },
         }
 
@@ -301,8 +305,13 @@ class BoxPanopticCriterion(nn.Module):
         # every worker joins both reductions, with or without positives (a collective skipped
         # on one worker hangs or aborts the others)
         ctr_norm = reduce_mean(ctr_t.sum()).clamp(min=1e-6)
+        losses = {"loss_cls": loss_cls}
+        if self.weights["loss_cls_ce"] > 0:
+            losses["loss_cls_ce"] = positive_class_cross_entropy(
+                cls_logits, t.labels, pos & valid, num_pos
+            )
         if not pos.any():
-            return {"loss_cls": loss_cls, "loss_box": reg.sum() * 0, "loss_ctr": ctr.sum() * 0}
+            return {**losses, "loss_box": reg.sum() * 0, "loss_ctr": ctr.sum() * 0}
         p = t.points[None].expand(n, -1, -1)[pos]
 
         def to_box(d):
@@ -316,7 +325,7 @@ class BoxPanopticCriterion(nn.Module):
         else:
             loss_box = (giou * ctr_t).sum() / ctr_norm
         return {
-            "loss_cls": loss_cls,
+            **losses,
             "loss_box": loss_box,
             "loss_ctr": F.binary_cross_entropy_with_logits(ctr[pos], ctr_t, reduction="sum")
             / num_pos,
@@ -391,6 +400,27 @@ class BoxPanopticCriterion(nn.Module):
             return pred.sum() * 0
         loss = giou_loss(pred[owned], t.owner_boxes4[owned], reduction="none")
         return (loss * weight[owned]).sum() / count
+
+
+def positive_class_cross_entropy(
+    cls_logits: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor, normalizer: torch.Tensor
+) -> torch.Tensor:
+    """``loss_cls_ce``: softmax cross-entropy over the K_th box-class logits at the positive
+    locations, summed and divided by ``normalizer`` (loss_cls's). Adding a constant to a
+    location's K_th logits leaves it unchanged, so it trains which thing class a positive is and
+    leaves the score's level to the focal loss, whose per-class sigmoid terms for the wrong classes
+    scale with p^gamma and so barely separate classes while scores are low (early training).
+
+    Args:
+        cls_logits: (N, M, K_th) logits over all locations. labels: (N, M) in [0, K_th], K_th =
+            background. positive: (N, M) bool. normalizer: scalar.
+    Returns:
+        scalar; 0 with the graph kept where there is no positive.
+    """
+    logits = cls_logits[positive]
+    if logits.numel() == 0:
+        return cls_logits.sum() * 0
+    return F.cross_entropy(logits, labels[positive], reduction="sum") / normalizer
 
 
 def instance_semantic_loss(
