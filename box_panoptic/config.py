@@ -198,9 +198,6 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # (shift-invariant: the logits' common level, the score, is left to the focal loss). 0 (the
     # release): the loss is not computed.
     bp.LOSS_WEIGHT_CLS_CE = 0.0
-    # Convs of a tower of the semantic head's own on the FPN maps (0, the release: the semantic
-    # logits read the classification tower, which the box classifier shares).
-    bp.SEM_TOWER_CONVS = 0
     # Optional loss on the constructed soft masks (METHOD §3.4). Off in weak supervision.
     bp.MASK_LOSS = False
     # Form of the mask loss per instance: "bce" (mean BCE over every stride-4 cell of the image:

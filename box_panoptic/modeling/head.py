@@ -251,32 +251,11 @@ class BoxPanopticSemanticHead(nn.Module):
 
     @configurable
     def __init__(
-        self,
-        *,
-        in_channels: int,
-        num_levels: int,
-        num_classes: int,
-        init_std: float = 0.01,
-        tower_convs: int = 0,
-        fpn_channels: int = 0,
-        norm: str = "GN",
-        gn_groups: int = 16,
+        self, *, in_channels: int, num_levels: int, num_classes: int, init_std: float = 0.01
     ):
-        """
-        Args:
-            in_channels: channels of each level's features the logits conv reads.
-            num_levels: L. num_classes: C_sem. init_std: std of the normal init.
-            tower_convs: 0 (the release): read the classification tower's outputs; > 0: a tower
-                of its own (that many conv + norm + ReLU, ``in_channels`` wide, shared over the
-                levels) on the FPN maps (``fpn_channels``), so the semantic loss and the box
-                classifier train separate features.
-        """
         super().__init__()
-        self.tower = (
-            _tower(fpn_channels, in_channels, tower_convs, norm, gn_groups) if tower_convs else None
-        )
         self.cls_logits = nn.Conv2d(in_channels * num_levels, num_classes, 3, padding=1)
-        _init_normal([self.cls_logits] + ([self.tower] if self.tower is not None else []), init_std)
+        _init_normal([self.cls_logits], init_std)
 
     @classmethod
     def from_config(cls, cfg, input_shape=None):
@@ -286,22 +265,11 @@ class BoxPanopticSemanticHead(nn.Module):
             "num_levels": len(bp.IN_FEATURES),
             "num_classes": class_layout_from_config(cfg).num_classes,
             "init_std": bp.INIT_STD,
-            "tower_convs": bp.SEM_TOWER_CONVS,
-            "fpn_channels": cfg.MODEL.FPN.OUT_CHANNELS,
-            "norm": bp.NORM,
-            "gn_groups": bp.CLS_TOWER_GN_GROUPS,
         }
 
-    def forward(
-        self, cls_feats: List[torch.Tensor], fpn_feats: Optional[List[torch.Tensor]] = None
-    ) -> torch.Tensor:
-        """cls_feats: per level (N, C, H_l, W_l), finest first; fpn_feats: the FPN maps the dense
-        head read (needed with a tower of its own) -> (N, C_sem, H_0, W_0) logits on the finest
-        level's grid."""
-        if self.tower is not None:
-            if fpn_feats is None:
-                raise ValueError("BoxPanopticSemanticHead: SEM_TOWER_CONVS > 0 needs the FPN maps")
-            cls_feats = [self.tower(f) for f in fpn_feats]
+    def forward(self, cls_feats: List[torch.Tensor]) -> torch.Tensor:
+        """cls_feats: per level (N, C, H_l, W_l), finest first -> (N, C_sem, H_0, W_0) logits on
+        the finest level's grid."""
         return fused_conv3x3(self.cls_logits, cls_feats, tuple(cls_feats[0].shape[-2:]))
 
 

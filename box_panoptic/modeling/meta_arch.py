@@ -168,9 +168,8 @@ class BoxPanoptic(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.backbone(x)
-        fpn = [features[f] for f in self.in_features]
-        out = self.head(fpn)
-        out["sem_seg"] = self.sem_seg_head(out["cls_feats"], fpn)
+        out = self.head([features[f] for f in self.in_features])
+        out["sem_seg"] = self.sem_seg_head(out["cls_feats"])
         out["levelness"] = self.levelness_head(out["bbox_feats"])
         return out
 
