@@ -51,7 +51,7 @@ def test_criterion_adds_it_only_with_a_positive_weight(synthetic_root):
     assert released.criterion.weights["loss_cls_ce"] == 0
     batch = synthetic_batch(synthetic_root, 2)
     torch.manual_seed(0)
-    off = get_model(SYNTHETIC_CONFIG).train()
+    off = get_model(SYNTHETIC_CONFIG, KEY, 0.0).train()
     torch.manual_seed(0)
     on = get_model(SYNTHETIC_CONFIG, KEY, 0.5).train()
     for model in (off, on):  # every class logit equal to the prior bias: CE is log(K_th) exactly

@@ -48,9 +48,16 @@ def test_lazy_synthetic_model_equals_the_yacs_one(synthetic_root):
     assert lazy.criterion.assignment == ref.criterion.assignment
     for key in ("mask_thresh", "det_score_thresh", "stuff_area_min", "output_category_ids"):
         assert getattr(lazy.postprocessor, key) == getattr(ref.postprocessor, key), key
-    for key in ("dense_box_loss", "dense_box_source", "thing_semantics", "positives_normalizer"):
+    for key in (
+        "dense_box_loss",
+        "dense_box_source",
+        "thing_semantics",
+        "positives_normalizer",
+        "weights",
+    ):
         assert getattr(lazy.criterion, key) == getattr(ref.criterion, key), key
     assert lazy.criterion.positives_normalizer == "ema"
+    assert lazy.criterion.weights["loss_cls_ce"] == 0.25
     assert lazy.state_dict().keys() == ref.state_dict().keys()  # the average's buffer in both
     assert lazy.postprocessor.dense_box_source == ref.postprocessor.dense_box_source == "finest"
     assert lazy.postprocessor.thing_semantics == ref.postprocessor.thing_semantics == "relative"
