@@ -105,8 +105,10 @@ def test_exact_candidates_equal_the_dense_reference_on_a_crowded_pile(fn, seed, 
     """8 overlapping detections reaching sigma in the same windows, K = 4: exact mode lists the
     rest at the crowded pixels and equals the full-resolution reference; the fixed K does not."""
     p, sigma, k = 8, 0.35, 4
-    masks4, padded, image, classes, scores, active, sem, grid, _ = crowded_pile_scene(seed, p)
-    dense = _reference_masks(masks4, padded, image)
+    scene = crowded_pile_scene(seed, p)
+    masks4, grid, active = scene.masks4, scene.grid, scene.active
+    classes, scores, sem = scene.classes, scene.scores, scene.sem
+    dense = _reference_masks(masks4, scene.padded, scene.image)
     assert int((dense >= sigma).sum(0).max()) == p  # every detection reaches sigma somewhere
     if banded:  # the model's path: soft masks from boxes, band by band (here: P_loc = masks4)
         cand = _banded_candidates(masks4, grid, k, sigma, active, exact=True)
