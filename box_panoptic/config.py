@@ -97,6 +97,11 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # p(c_j) / the likeliest thing class's probability; mask_construction.
     # thing_semantic_probabilities). Inference and the mask loss. Not in the paper.
     bp.THING_SEMANTICS = "class"
+    # A detection's thing class: "box" (the release: the box classifier's, per location) or
+    # "box_and_semantic" (argmax of the box classifier's class probabilities times each thing
+    # class's mean semantic probability inside the box; modeling/class_vote.py). The score stays
+    # the box classifier's. Inference only. Not in the paper.
+    bp.DETECTION_CLASS = "box"
     # Where a thing query may take pixels (step 6): "soft_mask" (the release: wherever S_j >=
     # sigma) or "semantic_things" (only where the output-resolution semantic argmax is a thing
     # class: the stride-4 soft masks, bilinearly upsampled, spill past thin and small things;
@@ -106,7 +111,8 @@ def add_box_panoptic_config(cfg: CN) -> CN:
 
     # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------
     # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "assemble_argmax" (each pixel to the detection
-    # with the highest S_j >= sigma) or "assemble_paste" (Panoptic-FPN-like, by descending score).
+    # with the highest S_j >= sigma), "assemble_paste" (Panoptic-FPN-like, by descending score) or
+    # "assemble_argmax_keep_either" (the instances either rule keeps, their pixels shared by S_j).
     bp.ASSEMBLY = "assemble_argmax"
     # Detections below this score take no part in the panoptic output (they stay in "instances").
     bp.DET_SCORE_THRESH = 0.3

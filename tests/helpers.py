@@ -12,6 +12,15 @@ from detectron2.modeling import build_model
 
 from box_panoptic import add_box_panoptic_config
 from box_panoptic.data.class_layout import class_layout_from_config
+from box_panoptic.modeling.assembly import (
+    assemble_argmax,
+    assemble_argmax_keep_by_score,
+    assemble_argmax_keep_either,
+    assemble_paste,
+)
+
+# every registered panoptic assembly rule, for the tests that must hold for each
+ASSEMBLY_RULES = [assemble_argmax, assemble_paste, assemble_argmax_keep_by_score, assemble_argmax_keep_either]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")

@@ -17,7 +17,12 @@ from box_panoptic.modeling import (
     BoxPanopticPostProcessor,
     LocationAssignment,
 )
-from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
+from box_panoptic.modeling.assembly import (
+    assemble_argmax,
+    assemble_argmax_keep_by_score,
+    assemble_argmax_keep_either,
+    assemble_paste,
+)
 from box_panoptic.modeling.head import BoxPanopticHead, LevelnessHead, fused_conv3x3
 from box_panoptic.modeling.inference import decode_level, select_detections
 from box_panoptic.modeling.mask_construction import dense_box_map, location_term, soft_masks
@@ -213,6 +218,87 @@ def test_assembly_invariants(fn):
     assert cats[overlap - 1] == classes[expect] and r.score[overlap - 1] == scores[expect]
     # stuff fills the rest, void nowhere since stuff areas are large
     assert (pan > 0).all()
+
+
+def _one_object_three_detections():
+    """Three detections of one 12x12 thing (a thing-class semantic argmax), all accepting it
+    whole; S_j is highest for detection 0 on the left third, 1 on the middle, 2 on the right, so
+    under ``assemble_argmax`` each keeps a third of its accepted pixels."""
+    h, w = 12, 12
+    masks = torch.full((3, h, w), 0.5)
+    for j in range(3):
+        masks[j, :, 4 * j : 4 * j + 4] = 0.9
+    scores = torch.tensor([0.3, 0.8, 0.5])
+    sem = torch.zeros(2, h, w)
+    sem[0] = 1.0  # thing class 0 everywhere: free pixels become void
+    args = (
+        dense_candidates(masks),
+        torch.zeros(3, dtype=torch.long),
+        scores,
+        torch.ones(3, dtype=torch.bool),
+        sem,
+        torch.tensor([True, False]),
+    )
+    kw = dict(mask_thresh=0.4, overlap_thresh=0.5, instance_area_min=0, stuff_area_min=1)
+    return args, kw
+
+
+def test_argmax_assembly_drops_mutually_overlapping_detections():
+    """The failure the keep rules fix: every detection of the object goes, the object is void."""
+    args, kw = _one_object_three_detections()
+    r = assemble_argmax(*args, **kw)
+    assert len(r.category) == 0 and (r.panoptic == 0).all()
+
+
+@pytest.mark.parametrize("fn", [assemble_argmax_keep_by_score, assemble_argmax_keep_either])
+def test_keep_rules_keep_the_highest_scoring_detection_of_an_object(fn):
+    args, kw = _one_object_three_detections()
+    r = fn(*args, **kw)
+    assert r.isthing.tolist() == [True]
+    assert r.score[0] == args[2][1]  # detection 1, the highest-scoring, takes the object whole
+    assert (r.panoptic == 1).all() and int(r.area[0]) == 144
+
+
+@pytest.mark.parametrize("fn", [assemble_argmax_keep_by_score, assemble_argmax_keep_either])
+def test_keep_rules_split_touching_objects_by_mask_not_by_score(fn):
+    """Two touching objects, columns 0-19 and 20-39: detection 0 (score 0.9) bleeds into the
+    second's first 5 columns at S = 0.5, where detection 1 (score 0.5) has S = 0.9. Both stay
+    (detection 1 keeps 15 of its 20 pixels by score); the edge follows S_j, not the score."""
+    h, w = 6, 40
+    masks = torch.zeros(2, h, w)
+    masks[0, :, :20] = 0.8
+    masks[0, :, 20:25] = 0.5
+    masks[1, :, 20:] = 0.9
+    sem = torch.zeros(2, h, w)
+    sem[0] = 1.0
+    r = fn(
+        dense_candidates(masks),
+        torch.zeros(2, dtype=torch.long),
+        torch.tensor([0.9, 0.5]),
+        torch.ones(2, dtype=torch.bool),
+        sem,
+        torch.tensor([True, False]),
+        mask_thresh=0.4,
+        overlap_thresh=0.5,
+        instance_area_min=0,
+        stuff_area_min=1,
+    )
+    paste = assemble_paste(
+        dense_candidates(masks),
+        torch.zeros(2, dtype=torch.long),
+        torch.tensor([0.9, 0.5]),
+        torch.ones(2, dtype=torch.bool),
+        sem,
+        torch.tensor([True, False]),
+        mask_thresh=0.4,
+        overlap_thresh=0.5,
+        instance_area_min=0,
+        stuff_area_min=1,
+    )
+    first = r.panoptic[0, 0]
+    assert (r.panoptic[:, :20] == first).all() and (r.panoptic[:, 20:] != first).all()
+    assert (r.panoptic[:, 20:] > 0).all() and r.area.tolist() == [120, 120]
+    assert (paste.panoptic[:, 20:25] == paste.panoptic[0, 0]).all()  # paste: by score
 
 
 def test_assembly_without_detections_is_all_stuff_or_void():

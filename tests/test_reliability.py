@@ -19,11 +19,10 @@ from box_panoptic.checkpoint import NonFiniteWeightsError, SafeCheckpointer
 from box_panoptic.data import BoxPanopticDatasetMapper, PanopticDatasetError
 from box_panoptic.data.datasets import load_synthetic_panoptic, synthetic_metadata
 from box_panoptic.data.synthetic import dataset_paths, id2rgb
-from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.mask_construction import location_term
 from box_panoptic.modeling.upsampling import dense_candidates
 
-from .helpers import IDENTITY_TRAIN_TRANSFORM, SYNTHETIC_CONFIG, get_cfg_from, get_model
+from .helpers import ASSEMBLY_RULES, IDENTITY_TRAIN_TRANSFORM, SYNTHETIC_CONFIG, get_cfg_from, get_model
 
 
 @pytest.fixture
@@ -199,7 +198,7 @@ def test_bf16_autocast_on_cpu_gives_finite_losses_and_masks(synthetic_root):
     st.integers(0, 6),
     st.integers(0, 2**31 - 1),
     st.floats(0.05, 0.9),
-    st.sampled_from([assemble_argmax, assemble_paste]),
+    st.sampled_from(ASSEMBLY_RULES),
 )
 def test_assembly_properties(p, seed, sigma, fn):
     g = torch.Generator().manual_seed(seed)

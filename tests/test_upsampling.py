@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from box_panoptic.modeling.assembly import assemble_argmax, assemble_paste
 from box_panoptic.modeling.mask_candidates import soft_mask_candidates
 from box_panoptic.modeling.mask_construction import location_term, soft_masks
 from box_panoptic.modeling.postprocess import instance_masks
@@ -24,7 +23,7 @@ from box_panoptic.modeling.upsampling import (
     sample_candidates,
 )
 
-from .helpers import SYNTHETIC_CONFIG, get_model
+from .helpers import ASSEMBLY_RULES, SYNTHETIC_CONFIG, get_model
 
 IS_THING = torch.tensor([True, True, True, False, False])
 KW = dict(overlap_thresh=0.5, instance_area_min=3, stuff_area_min=6)
@@ -63,7 +62,7 @@ def test_resample_equals_interpolate_then_crop():
     assert got.shape == (3, 20, 70) and torch.allclose(got, expect, atol=1e-5)
 
 
-@pytest.mark.parametrize("fn", [assemble_argmax, assemble_paste])
+@pytest.mark.parametrize("fn", ASSEMBLY_RULES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_candidates_equal_dense_reference_when_k_covers_every_window(fn, seed):
     p, h4, w4, sigma = 7, 10, 14, 0.35
@@ -80,7 +79,7 @@ def test_candidates_equal_dense_reference_when_k_covers_every_window(fn, seed):
     ref = dense_candidates(dense)
     r = fn(fast, classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW)
     e = fn(ref, classes, scores, active, sem, IS_THING, mask_thresh=sigma, **KW)
-    assert len(e.category) > 3 and e.isthing.sum() >= 2
+    assert len(e.category) >= 3 and e.isthing.sum() >= 1  # a scene with things and stuff
     for key in e._fields:
         assert torch.equal(getattr(r, key), getattr(e, key)), key
     assert torch.equal(instance_masks(fast, sigma, p), dense >= sigma)
@@ -98,7 +97,7 @@ def _pile(p, h, w, seed):
     return peak * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * r**2))
 
 
-@pytest.mark.parametrize("fn", [assemble_argmax, assemble_paste])
+@pytest.mark.parametrize("fn", ASSEMBLY_RULES)
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("banded", [False, True])
 def test_exact_candidates_equal_the_dense_reference_on_a_crowded_pile(fn, seed, banded):
@@ -259,7 +258,7 @@ def test_model_outputs_equal_the_dense_reference_and_channels_last_changes_littl
     st.integers(1, 4),
     st.integers(0, 2**31 - 1),
     st.floats(0.05, 0.9),
-    st.sampled_from([assemble_argmax, assemble_paste]),
+    st.sampled_from(ASSEMBLY_RULES),
 )
 def test_candidate_assembly_properties_hold_for_any_k(p, k, seed, sigma, fn):
     """With K below the detections per window (approximate), the output stays a valid panoptic

@@ -2,15 +2,20 @@
 """Panoptic assembly (METHOD.md section 4 step 7; not in the released code). Pure functions, no
 cfg access, no Python loops over pixels or detections.
 
-Two rules, registered in ``PANOPTIC_ASSEMBLY_REGISTRY``:
+Three rules, registered in ``PANOPTIC_ASSEMBLY_REGISTRY``:
 
 * ``assemble_argmax`` (default): each pixel goes to the detection with the highest S_j(p) among
   those with S_j(p) >= sigma (the probabilistic reading of Eq. 8).
 * ``assemble_paste``: each pixel goes to the highest-scoring detection that accepts it (Panoptic
   FPN's paste-by-descending-score, done in one pass).
+* ``assemble_argmax_keep_either``: an instance stays when it stays under either rule above, and
+  the pixels of those that stay go as ``assemble_argmax`` gives them. Under ``assemble_argmax``
+  alone, detections of one object that each win part of the others' pixels can all fall below
+  ``overlap_thresh`` and all go, leaving the object void; here the highest-scoring of them
+  stays, as under ``assemble_paste``, while touching objects still split by S_j.
 
-Both then drop an instance whose visible area is below ``overlap_thresh`` of its accepted area
-or below ``instance_area_min`` pixels, and reassign once. Free pixels take the semantic argmax if
+Each drops an instance whose visible area is below ``overlap_thresh`` of its accepted area or
+below ``instance_area_min`` pixels, and reassigns once. Free pixels take the semantic argmax if
 it is a stuff class (a thing-class argmax with no instance stays void); stuff segments below
 ``stuff_area_min`` pixels become void.
 
@@ -32,6 +37,7 @@ __all__ = [
     "assemble_panoptic",
     "assemble_argmax",
     "assemble_paste",
+    "assemble_argmax_keep_either",
 ]
 
 PANOPTIC_ASSEMBLY_REGISTRY = Registry("PANOPTIC_ASSEMBLY")
@@ -100,6 +106,9 @@ def assemble_panoptic(
     instance_area_min: int,
     stuff_area_min: int,
     priority_extra: Optional[torch.Tensor] = None,
+    keep_priority: Optional[torch.Tensor] = None,
+    keep_priority_extra: Optional[torch.Tensor] = None,
+    keep_either: bool = True,
 ) -> PanopticSegments:
     """Combine detections, their soft masks and the semantic prediction into a panoptic map.
 
@@ -109,6 +118,9 @@ def assemble_panoptic(
             with :func:`~box_panoptic.modeling.upsampling.dense_candidates`).
         priority: (K, H, W) per-pixel priority of each candidate (S_j or its score);
             priority_extra: (E, Q) that of the further candidates (``candidates.extra_*``).
+        keep_priority, keep_priority_extra: with them, an instance also stays when it keeps
+            enough of its pixels (visible >= overlap_thresh of accepted) with the pixels
+            assigned by these priorities instead.
         det_classes: (P,) semantic class index of each detection. det_scores: (P,).
         det_active: (P,) bool, the detections that may form segments (score >= tau).
         sem_seg: (C, H, W) semantic logits or probabilities, or (H, W) long their argmax.
@@ -128,7 +140,7 @@ def assemble_panoptic(
         accepted_area = accepted_area + more.scatter_add_(0, ids_x, torch.ones_like(ids_x))[1:]
     allowed = det_active & (accepted_area > 0)
 
-    def winners(allowed: torch.Tensor) -> torch.Tensor:
+    def winners(allowed: torch.Tensor, priority=priority, priority_extra=priority_extra):
         usable = accepted & candidates.per_pixel(_padded(allowed)[candidates.window_ids])
         ids, best = _assign(priority, usable, candidates)
         if extra:
@@ -136,9 +148,15 @@ def assemble_panoptic(
             ids = _assign_extra(ids, best, priority_extra, usable_x, candidates)
         return ids
 
-    inst = winners(allowed)
-    visible = _counts(inst, slots)[1:]
-    allowed = allowed & (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
+    def stays(inst: torch.Tensor) -> torch.Tensor:
+        visible = _counts(inst, slots)[1:]
+        return (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
+
+    stay = stays(winners(allowed))
+    if keep_priority is not None:  # or stays when the pixels go by keep_priority
+        other = stays(winners(allowed, keep_priority, keep_priority_extra))
+        stay = stay | other if keep_either else other
+    allowed = allowed & stay
     inst = winners(allowed)  # pixels of dropped instances go to the next accepted candidate
     visible = _counts(inst, slots)[1:]
     keep = allowed & (visible > 0)
@@ -190,4 +208,38 @@ def assemble_paste(
     extra = scores[candidates.extra_ids] if candidates.has_extra else None
     return assemble_panoptic(
         candidates, priority, det_classes, det_scores, *args, priority_extra=extra, **kwargs
+    )
+
+
+@PANOPTIC_ASSEMBLY_REGISTRY.register()
+def assemble_argmax_keep_either(
+    candidates: Candidates, det_classes, det_scores, *args, **kwargs
+) -> PanopticSegments:
+    """The instances either ``assemble_argmax`` or ``assemble_paste`` keeps, each pixel to the
+    one of them with the highest accepted S_j."""
+    scores = _padded(det_scores)
+    by_score = candidates.per_pixel(scores[candidates.window_ids])
+    extra = scores[candidates.extra_ids] if candidates.has_extra else None
+    return assemble_panoptic(
+        candidates,
+        candidates.values,
+        det_classes,
+        det_scores,
+        *args,
+        priority_extra=candidates.extra_values,
+        keep_priority=by_score,
+        keep_priority_extra=extra,
+        **kwargs,
+    )
+
+
+@PANOPTIC_ASSEMBLY_REGISTRY.register()
+def assemble_argmax_keep_by_score(candidates, det_classes, det_scores, *args, **kwargs):
+    scores = _padded(det_scores)
+    by_score = candidates.per_pixel(scores[candidates.window_ids])
+    extra = scores[candidates.extra_ids] if candidates.has_extra else None
+    return assemble_panoptic(
+        candidates, candidates.values, det_classes, det_scores, *args,
+        priority_extra=candidates.extra_values, keep_priority=by_score,
+        keep_priority_extra=extra, keep_either=False, **kwargs,
     )

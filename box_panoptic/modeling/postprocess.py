@@ -25,6 +25,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 
 from ..data.class_layout import class_layout_from_config
 from .assembly import PANOPTIC_ASSEMBLY_REGISTRY, PanopticSegments
+from .class_vote import box_mean_probabilities, location_class_probabilities, vote_thing_classes
 from .inference import decode_detections
 from .mask_candidates import soft_mask_candidates
 from .mask_construction import (
@@ -48,6 +49,8 @@ __all__ = [
     "segments_info",
     "stage",
 ]
+
+DETECTION_CLASSES = ("box", "box_and_semantic")
 
 
 @dataclasses.dataclass
@@ -130,6 +133,7 @@ class BoxPanopticPostProcessor(nn.Module):
         use_levelness: bool = True,
         dense_box_source: str = "levelness",
         thing_semantics: str = "class",
+        detection_class: str = "box",
         thing_pixels: str = "soft_mask",
         assembly: str = "assemble_argmax",
         det_score_thresh: float = 0.3,
@@ -168,6 +172,11 @@ class BoxPanopticPostProcessor(nn.Module):
                 f"BoxPanoptic: unknown THING_SEMANTICS {thing_semantics!r} "
                 f"(one of {THING_SEMANTICS})"
             )
+        if detection_class not in DETECTION_CLASSES:
+            raise ValueError(
+                f"BoxPanoptic: unknown DETECTION_CLASS {detection_class!r} "
+                f"(one of {DETECTION_CLASSES})"
+            )
         if thing_pixels not in THING_PIXELS:
             raise ValueError(
                 f"BoxPanoptic: unknown THING_PIXELS {thing_pixels!r} (one of {THING_PIXELS})"
@@ -190,6 +199,7 @@ class BoxPanopticPostProcessor(nn.Module):
         self.use_levelness       = use_levelness
         self.dense_box_source    = dense_box_source
         self.thing_semantics     = thing_semantics
+        self.detection_class     = detection_class
         self.thing_pixels        = thing_pixels
         self.assembly            = assembly
         self.det_score_thresh    = det_score_thresh
@@ -218,6 +228,7 @@ class BoxPanopticPostProcessor(nn.Module):
             "use_levelness": bp.USE_LEVELNESS,
             "dense_box_source": bp.DENSE_BOX_SOURCE,
             "thing_semantics": bp.THING_SEMANTICS,
+            "detection_class": bp.DETECTION_CLASS,
             "thing_pixels": bp.THING_PIXELS,
             "assembly": bp.ASSEMBLY,
             "det_score_thresh": bp.DET_SCORE_THRESH,
@@ -246,7 +257,7 @@ class BoxPanopticPostProcessor(nn.Module):
         dense = self.dense_boxes(out)
         decoded = []
         for i, (image_size, output_size) in enumerate(zip(images.image_sizes, output_sizes)):
-            boxes, scores, labels, _, _ = decode_detections(
+            boxes, scores, labels, levels, loc_idx = decode_detections(
                 [c[i] for c in out["box_cls"]],
                 [r[i] for r in out["box_reg"]],
                 [t[i] for t in out["centerness"]],
@@ -258,6 +269,8 @@ class BoxPanopticPostProcessor(nn.Module):
                 self.agnostic_nms_thresh,
                 self.post_nms_top_n,
             )
+            if self.detection_class == "box_and_semantic":
+                labels = self.vote_classes(out, i, padded, boxes, levels, loc_idx)
             decoded.append(
                 DecodedImage(
                     boxes=boxes,
@@ -271,6 +284,16 @@ class BoxPanopticPostProcessor(nn.Module):
                 )
             )
         return decoded
+
+    def vote_classes(self, out: Dict, i: int, padded, boxes, levels, loc_idx) -> torch.Tensor:
+        """``detection_class`` "box_and_semantic": image ``i``'s (D,) 0-based thing labels from
+        the box classifier at each detection's location and the semantic head inside its box
+        (:mod:`.class_vote`)."""
+        sem = out["sem_seg"][i]  # (C, h, w) logits on a grid of padded / h input pixels
+        stride = padded[0] // sem.shape[-2]
+        sem_prob = sem.softmax(dim=0)[self.thing_semantic_ids]
+        box_prob = location_class_probabilities([c[i] for c in out["box_cls"]], levels, loc_idx)
+        return vote_thing_classes(box_prob, box_mean_probabilities(sem_prob, boxes, stride))
 
     # ---- steps 4-7 -------------------------------------------------------------------------------
     def construct(self, d: DecodedImage) -> Tuple[torch.Tensor, torch.Tensor, OutputGrid]:
