@@ -112,7 +112,7 @@ def add_box_panoptic_config(cfg: CN) -> CN:
     # ---- panoptic assembly (METHOD §4 step 7; not in the released code) --------------------------
     # Registered name in PANOPTIC_ASSEMBLY_REGISTRY: "assemble_argmax" (each pixel to the detection
     # with the highest S_j >= sigma), "assemble_paste" (Panoptic-FPN-like, by descending score) or
-    # "assemble_argmax_keep_either" (the instances either rule keeps, their pixels shared by S_j).
+    # "assemble_argmax_keep_by_score" (the instances paste keeps, their pixels shared by S_j).
     bp.ASSEMBLY = "assemble_argmax"
     # Detections below this score take no part in the panoptic output (they stay in "instances").
     bp.DET_SCORE_THRESH = 0.3

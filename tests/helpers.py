@@ -15,12 +15,11 @@ from box_panoptic.data.class_layout import class_layout_from_config
 from box_panoptic.modeling.assembly import (
     assemble_argmax,
     assemble_argmax_keep_by_score,
-    assemble_argmax_keep_either,
     assemble_paste,
 )
 
 # every registered panoptic assembly rule, for the tests that must hold for each
-ASSEMBLY_RULES = [assemble_argmax, assemble_paste, assemble_argmax_keep_by_score, assemble_argmax_keep_either]
+ASSEMBLY_RULES = [assemble_argmax, assemble_paste, assemble_argmax_keep_by_score]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")

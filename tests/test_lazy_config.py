@@ -46,7 +46,14 @@ def test_lazy_synthetic_model_equals_the_yacs_one(synthetic_root):
     assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0])
     assert a["panoptic_seg"][1] == b["panoptic_seg"][1]
     assert lazy.criterion.assignment == ref.criterion.assignment
-    for key in ("mask_thresh", "det_score_thresh", "stuff_area_min", "output_category_ids"):
+    for key in (
+        "mask_thresh",
+        "det_score_thresh",
+        "stuff_area_min",
+        "output_category_ids",
+        "detection_class",
+        "assembly",
+    ):
         assert getattr(lazy.postprocessor, key) == getattr(ref.postprocessor, key), key
     for key in (
         "dense_box_loss",
@@ -61,6 +68,8 @@ def test_lazy_synthetic_model_equals_the_yacs_one(synthetic_root):
     assert lazy.state_dict().keys() == ref.state_dict().keys()  # the average's buffer in both
     assert lazy.postprocessor.dense_box_source == ref.postprocessor.dense_box_source == "finest"
     assert lazy.postprocessor.thing_semantics == ref.postprocessor.thing_semantics == "relative"
+    assert lazy.postprocessor.detection_class == "box_and_semantic"
+    assert lazy.postprocessor.assembly == "assemble_argmax_keep_by_score"
     # the LazyConfig sets the source twice; the two set apart would train one map and read another
     cfg.model.postprocessor.dense_box_source = "levelness"
     with _no_yacs(), pytest.raises(ValueError, match="dense_box_source 'finest' but"):

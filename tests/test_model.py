@@ -20,7 +20,6 @@ from box_panoptic.modeling import (
 from box_panoptic.modeling.assembly import (
     assemble_argmax,
     assemble_argmax_keep_by_score,
-    assemble_argmax_keep_either,
     assemble_paste,
 )
 from box_panoptic.modeling.head import BoxPanopticHead, LevelnessHead, fused_conv3x3
@@ -244,14 +243,15 @@ def _one_object_three_detections():
 
 
 def test_argmax_assembly_drops_mutually_overlapping_detections():
-    """The failure the keep rules fix: every detection of the object goes, the object is void."""
+    """What assemble_argmax_keep_by_score fixes: every detection of the object goes, and the
+    object is void."""
     args, kw = _one_object_three_detections()
     r = assemble_argmax(*args, **kw)
     assert len(r.category) == 0 and (r.panoptic == 0).all()
 
 
-@pytest.mark.parametrize("fn", [assemble_argmax_keep_by_score, assemble_argmax_keep_either])
-def test_keep_rules_keep_the_highest_scoring_detection_of_an_object(fn):
+def test_keep_by_score_keeps_the_highest_scoring_detection_of_an_object():
+    fn = assemble_argmax_keep_by_score
     args, kw = _one_object_three_detections()
     r = fn(*args, **kw)
     assert r.isthing.tolist() == [True]
@@ -259,8 +259,8 @@ def test_keep_rules_keep_the_highest_scoring_detection_of_an_object(fn):
     assert (r.panoptic == 1).all() and int(r.area[0]) == 144
 
 
-@pytest.mark.parametrize("fn", [assemble_argmax_keep_by_score, assemble_argmax_keep_either])
-def test_keep_rules_split_touching_objects_by_mask_not_by_score(fn):
+def test_keep_by_score_splits_touching_objects_by_mask_not_by_score():
+    fn = assemble_argmax_keep_by_score
     """Two touching objects, columns 0-19 and 20-39: detection 0 (score 0.9) bleeds into the
     second's first 5 columns at S = 0.5, where detection 1 (score 0.5) has S = 0.9. Both stay
     (detection 1 keeps 15 of its 20 pixels by score); the edge follows S_j, not the score."""

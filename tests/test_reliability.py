@@ -22,7 +22,13 @@ from box_panoptic.data.synthetic import dataset_paths, id2rgb
 from box_panoptic.modeling.mask_construction import location_term
 from box_panoptic.modeling.upsampling import dense_candidates
 
-from .helpers import ASSEMBLY_RULES, IDENTITY_TRAIN_TRANSFORM, SYNTHETIC_CONFIG, get_cfg_from, get_model
+from .helpers import (
+    ASSEMBLY_RULES,
+    IDENTITY_TRAIN_TRANSFORM,
+    SYNTHETIC_CONFIG,
+    get_cfg_from,
+    get_model,
+)
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ Three rules, registered in ``PANOPTIC_ASSEMBLY_REGISTRY``:
   those with S_j(p) >= sigma (the probabilistic reading of Eq. 8).
 * ``assemble_paste``: each pixel goes to the highest-scoring detection that accepts it (Panoptic
   FPN's paste-by-descending-score, done in one pass).
-* ``assemble_argmax_keep_either``: an instance stays when it stays under either rule above, and
-  the pixels of those that stay go as ``assemble_argmax`` gives them. Under ``assemble_argmax``
-  alone, detections of one object that each win part of the others' pixels can all fall below
-  ``overlap_thresh`` and all go, leaving the object void; here the highest-scoring of them
-  stays, as under ``assemble_paste``, while touching objects still split by S_j.
+* ``assemble_argmax_keep_by_score``: the instances ``assemble_paste`` keeps, their pixels shared
+  as ``assemble_argmax`` shares them. Under ``assemble_argmax`` alone, detections of one object
+  that each win part of the others' pixels can all fall below ``overlap_thresh`` and all go,
+  leaving the object void; here the highest-scoring of them stays, as under ``assemble_paste``,
+  and touching objects that both stay still split where their S_j cross.
 
 Each drops an instance whose visible area is below ``overlap_thresh`` of its accepted area or
 below ``instance_area_min`` pixels, and reassigns once. Free pixels take the semantic argmax if
@@ -37,7 +37,7 @@ __all__ = [
     "assemble_panoptic",
     "assemble_argmax",
     "assemble_paste",
-    "assemble_argmax_keep_either",
+    "assemble_argmax_keep_by_score",
 ]
 
 PANOPTIC_ASSEMBLY_REGISTRY = Registry("PANOPTIC_ASSEMBLY")
@@ -108,7 +108,6 @@ def assemble_panoptic(
     priority_extra: Optional[torch.Tensor] = None,
     keep_priority: Optional[torch.Tensor] = None,
     keep_priority_extra: Optional[torch.Tensor] = None,
-    keep_either: bool = True,
 ) -> PanopticSegments:
     """Combine detections, their soft masks and the semantic prediction into a panoptic map.
 
@@ -118,9 +117,10 @@ def assemble_panoptic(
             with :func:`~box_panoptic.modeling.upsampling.dense_candidates`).
         priority: (K, H, W) per-pixel priority of each candidate (S_j or its score);
             priority_extra: (E, Q) that of the further candidates (``candidates.extra_*``).
-        keep_priority, keep_priority_extra: with them, an instance also stays when it keeps
-            enough of its pixels (visible >= overlap_thresh of accepted) with the pixels
-            assigned by these priorities instead.
+        keep_priority, keep_priority_extra: the priorities of the pass that decides which
+            instances stay (visible >= overlap_thresh of accepted, and >= instance_area_min);
+            default: ``priority`` and ``priority_extra``. The pixels of those that stay go by
+            ``priority`` either way.
         det_classes: (P,) semantic class index of each detection. det_scores: (P,).
         det_active: (P,) bool, the detections that may form segments (score >= tau).
         sem_seg: (C, H, W) semantic logits or probabilities, or (H, W) long their argmax.
@@ -152,11 +152,10 @@ def assemble_panoptic(
         visible = _counts(inst, slots)[1:]
         return (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
 
-    stay = stays(winners(allowed))
-    if keep_priority is not None:  # or stays when the pixels go by keep_priority
-        other = stays(winners(allowed, keep_priority, keep_priority_extra))
-        stay = stay | other if keep_either else other
-    allowed = allowed & stay
+    if keep_priority is None:
+        allowed = allowed & stays(winners(allowed))
+    else:
+        allowed = allowed & stays(winners(allowed, keep_priority, keep_priority_extra))
     inst = winners(allowed)  # pixels of dropped instances go to the next accepted candidate
     visible = _counts(inst, slots)[1:]
     keep = allowed & (visible > 0)
@@ -212,11 +211,11 @@ def assemble_paste(
 
 
 @PANOPTIC_ASSEMBLY_REGISTRY.register()
-def assemble_argmax_keep_either(
+def assemble_argmax_keep_by_score(
     candidates: Candidates, det_classes, det_scores, *args, **kwargs
 ) -> PanopticSegments:
-    """The instances either ``assemble_argmax`` or ``assemble_paste`` keeps, each pixel to the
-    one of them with the highest accepted S_j."""
+    """The instances ``assemble_paste`` keeps, each pixel to the one of them with the highest
+    accepted S_j."""
     scores = _padded(det_scores)
     by_score = candidates.per_pixel(scores[candidates.window_ids])
     extra = scores[candidates.extra_ids] if candidates.has_extra else None
@@ -230,16 +229,4 @@ def assemble_argmax_keep_either(
         keep_priority=by_score,
         keep_priority_extra=extra,
         **kwargs,
-    )
-
-
-@PANOPTIC_ASSEMBLY_REGISTRY.register()
-def assemble_argmax_keep_by_score(candidates, det_classes, det_scores, *args, **kwargs):
-    scores = _padded(det_scores)
-    by_score = candidates.per_pixel(scores[candidates.window_ids])
-    extra = scores[candidates.extra_ids] if candidates.has_extra else None
-    return assemble_panoptic(
-        candidates, candidates.values, det_classes, det_scores, *args,
-        priority_extra=candidates.extra_values, keep_priority=by_score,
-        keep_priority_extra=extra, keep_either=False, **kwargs,
     )
