@@ -74,13 +74,15 @@ def location_class_probabilities(box_cls, levels: torch.Tensor, loc_idx: torch.T
         box_cls: per level, (K, H_l, W_l) logits of one image.
         levels: (D,) 0-based level of each detection; loc_idx: (D,) its cell in that level.
     Returns:
-        (D, K) sigmoid probabilities.
+        (D, K) sigmoid probabilities. Read level by level (no offsets from the levels' sizes, so
+        a traced model keeps it for every image size).
     """
-    k = box_cls[0].shape[0]
-    flat = torch.cat([c.reshape(k, -1) for c in box_cls], dim=1)  # (K, sum H_l W_l)
-    sizes = torch.tensor([c[0].numel() for c in box_cls], device=flat.device)
-    offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    return flat[:, offsets[levels] + loc_idx].t().sigmoid()
+    logits = None
+    for level, cls in enumerate(box_cls):
+        on = levels == level
+        here = cls.reshape(cls.shape[0], -1)[:, torch.where(on, loc_idx, 0)].t()  # (D, K)
+        logits = here if logits is None else torch.where(on[:, None], here, logits)
+    return logits.sigmoid()
 
 
 def vote_thing_classes(box_prob: torch.Tensor, sem_box_prob: torch.Tensor) -> torch.Tensor:
