@@ -251,16 +251,14 @@ def test_argmax_assembly_drops_mutually_overlapping_detections():
 
 
 def test_keep_by_score_keeps_the_highest_scoring_detection_of_an_object():
-    fn = assemble_argmax_keep_by_score
     args, kw = _one_object_three_detections()
-    r = fn(*args, **kw)
+    r = assemble_argmax_keep_by_score(*args, **kw)
     assert r.isthing.tolist() == [True]
     assert r.score[0] == args[2][1]  # detection 1, the highest-scoring, takes the object whole
     assert (r.panoptic == 1).all() and int(r.area[0]) == 144
 
 
 def test_keep_by_score_splits_touching_objects_by_mask_not_by_score():
-    fn = assemble_argmax_keep_by_score
     """Two touching objects, columns 0-19 and 20-39: detection 0 (score 0.9) bleeds into the
     second's first 5 columns at S = 0.5, where detection 1 (score 0.5) has S = 0.9. Both stay
     (detection 1 keeps 15 of its 20 pixels by score); the edge follows S_j, not the score."""
@@ -271,30 +269,17 @@ def test_keep_by_score_splits_touching_objects_by_mask_not_by_score():
     masks[1, :, 20:] = 0.9
     sem = torch.zeros(2, h, w)
     sem[0] = 1.0
-    r = fn(
+    args = (
         dense_candidates(masks),
         torch.zeros(2, dtype=torch.long),
         torch.tensor([0.9, 0.5]),
         torch.ones(2, dtype=torch.bool),
         sem,
         torch.tensor([True, False]),
-        mask_thresh=0.4,
-        overlap_thresh=0.5,
-        instance_area_min=0,
-        stuff_area_min=1,
     )
-    paste = assemble_paste(
-        dense_candidates(masks),
-        torch.zeros(2, dtype=torch.long),
-        torch.tensor([0.9, 0.5]),
-        torch.ones(2, dtype=torch.bool),
-        sem,
-        torch.tensor([True, False]),
-        mask_thresh=0.4,
-        overlap_thresh=0.5,
-        instance_area_min=0,
-        stuff_area_min=1,
-    )
+    kw = dict(mask_thresh=0.4, overlap_thresh=0.5, instance_area_min=0, stuff_area_min=1)
+    r = assemble_argmax_keep_by_score(*args, **kw)
+    paste = assemble_paste(*args, **kw)
     first = r.panoptic[0, 0]
     assert (r.panoptic[:, :20] == first).all() and (r.panoptic[:, 20:] != first).all()
     assert (r.panoptic[:, 20:] > 0).all() and r.area.tolist() == [120, 120]
