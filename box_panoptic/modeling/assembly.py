@@ -83,6 +83,15 @@ def _padded(flags: torch.Tensor) -> torch.Tensor:
     return torch.cat([flags.new_zeros(1), flags])
 
 
+def _score_priorities(candidates: Candidates, det_scores: torch.Tensor):
+    """Each candidate's detection score as its priority: (K, H, W) for the first K, and (E, Q)
+    for the further candidates (None without them)."""
+    scores = _padded(det_scores)
+    priority = candidates.per_pixel(scores[candidates.window_ids])
+    extra = scores[candidates.extra_ids] if candidates.has_extra else None
+    return priority, extra
+
+
 def _counts(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Occurrences of each value 0..len(like)-1 in ``labels``; shaped like ``like`` (1-D).
 
@@ -148,14 +157,10 @@ def assemble_panoptic(
             ids = _assign_extra(ids, best, priority_extra, usable_x, candidates)
         return ids
 
-    def stays(inst: torch.Tensor) -> torch.Tensor:
-        visible = _counts(inst, slots)[1:]
-        return (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
-
     if keep_priority is None:
-        allowed = allowed & stays(winners(allowed))
-    else:
-        allowed = allowed & stays(winners(allowed, keep_priority, keep_priority_extra))
+        keep_priority, keep_priority_extra = priority, priority_extra
+    visible = _counts(winners(allowed, keep_priority, keep_priority_extra), slots)[1:]
+    allowed = allowed & (visible >= overlap_thresh * accepted_area) & (visible >= instance_area_min)
     inst = winners(allowed)  # pixels of dropped instances go to the next accepted candidate
     visible = _counts(inst, slots)[1:]
     keep = allowed & (visible > 0)
@@ -202,9 +207,7 @@ def assemble_paste(
     candidates: Candidates, det_classes, det_scores, *args, **kwargs
 ) -> PanopticSegments:
     """Each pixel to the highest-scoring detection that accepts it."""
-    scores = _padded(det_scores)
-    priority = candidates.per_pixel(scores[candidates.window_ids])
-    extra = scores[candidates.extra_ids] if candidates.has_extra else None
+    priority, extra = _score_priorities(candidates, det_scores)
     return assemble_panoptic(
         candidates, priority, det_classes, det_scores, *args, priority_extra=extra, **kwargs
     )
@@ -216,9 +219,7 @@ def assemble_argmax_keep_by_score(
 ) -> PanopticSegments:
     """The instances ``assemble_paste`` keeps, each pixel to the one of them with the highest
     accepted S_j."""
-    scores = _padded(det_scores)
-    by_score = candidates.per_pixel(scores[candidates.window_ids])
-    extra = scores[candidates.extra_ids] if candidates.has_extra else None
+    by_score, extra = _score_priorities(candidates, det_scores)
     return assemble_panoptic(
         candidates,
         candidates.values,
