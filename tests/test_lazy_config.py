@@ -60,11 +60,13 @@ def test_lazy_synthetic_model_equals_the_yacs_one(synthetic_root):
         "dense_box_source",
         "thing_semantics",
         "positives_normalizer",
+        "sem_instance_loss",
         "weights",
     ):
         assert getattr(lazy.criterion, key) == getattr(ref.criterion, key), key
     assert lazy.criterion.positives_normalizer == "ema"
     assert lazy.criterion.weights["loss_cls_ce"] == 0.25
+    assert lazy.criterion.sem_instance_loss and lazy.criterion.weights["loss_sem_instance"] == 0.25
     assert lazy.state_dict().keys() == ref.state_dict().keys()  # the average's buffer in both
     assert lazy.postprocessor.dense_box_source == ref.postprocessor.dense_box_source == "finest"
     assert lazy.postprocessor.thing_semantics == ref.postprocessor.thing_semantics == "relative"

@@ -53,7 +53,9 @@ model.criterion.assignment.range_overlap = 1.4142  # two levels per object (the 
 model.criterion.dense_box_loss = True  # the dense box map from P2 everywhere (the yaml's comment)
 model.criterion.dense_box_source = "finest"
 model.criterion.positives_normalizer = "ema"  # moving average of positives (the yaml's comment)
-model.criterion.loss_weights = {"loss_cls_ce": 0.25}  # thing-class CE at positives (the yaml's)
+# thing-class CE at positives, and the semantic CE averaged per thing's box (the yaml's comments)
+model.criterion.loss_weights = {"loss_cls_ce": 0.25, "loss_sem_instance": 0.25}
+model.criterion.sem_instance_loss = True
 model.postprocessor.dense_box_source = "finest"
 model.criterion.thing_semantics = "relative"  # P_sem of thing queries (the yaml's comment)
 model.postprocessor.thing_semantics = "relative"
