@@ -28,9 +28,11 @@ Scoped (a ``with`` block; nothing is left in the process):
 * ``numpy.in1d`` (removed in numpy 2.4), called by cityscapesscripts 2.3's evaluation scripts:
   :func:`numpy_in1d` provides it only for the duration of a ``with`` block (box_panoptic's
   Cityscapes evaluators run detectron2's inside one); it is never left in the process.
-* cityscapesscripts 2.3's instance evaluation writes ``matches.json`` into the current directory:
-  :func:`cityscapes_matches_in` sends that file to a given folder for the duration of a ``with``
-  block (box_panoptic's Cityscapes instance evaluator uses a temporary folder).
+* cityscapesscripts 2.3's instance evaluation writes ``matches.json`` into the current directory,
+  with a JSON writer that fails on numpy scalars, which numpy 2's ``count_nonzero`` returns (so
+  the evaluation crashed once a prediction overlapped anything): :func:`cityscapes_matches_in`
+  sends that file to a given folder and writes numpy scalars as numbers, for the duration of a
+  ``with`` block (box_panoptic's Cityscapes instance evaluator uses a temporary folder).
 * detectron2 main's Cityscapes evaluators import cityscapesscripts under a path that exists
   only inside Facebook (``deeplearning.projects.cityscapesApi.cityscapesscripts``):
   :func:`cityscapes_scripts_alias` maps that path to the installed ``cityscapesscripts`` while
@@ -44,6 +46,7 @@ Scoped (a ``with`` block; nothing is left in the process):
 import contextlib
 import importlib
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -221,10 +224,21 @@ def numpy_in1d() -> Iterator[bool]:
         del np.in1d
 
 
+def _json_value(o):
+    """``json.dumps`` default for cityscapesscripts' result dicts: a numpy scalar as the Python
+    number it holds, any other object by its attributes (what cityscapesscripts' writer does)."""
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    return o.__dict__
+
+
 @contextlib.contextmanager
 def cityscapes_matches_in(folder: str) -> Iterator[None]:
     """Within the block, cityscapesscripts' instance evaluation writes its ``matches.json`` into
-    ``folder`` instead of the current directory."""
+    ``folder`` instead of the current directory, and its JSON files (the same layout: sorted
+    keys, indent 4) hold numpy scalars as numbers instead of failing on them."""
     import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as instance_eval
 
     original = instance_eval.writeDict2JSON
@@ -232,7 +246,8 @@ def cityscapes_matches_in(folder: str) -> Iterator[None]:
     def write(data, path):
         if path == "matches.json":
             path = os.path.join(folder, path)
-        return original(data, path)
+        with open(path, "w") as f:
+            f.write(json.dumps(data, default=_json_value, sort_keys=True, indent=4))
 
     instance_eval.writeDict2JSON = write
     try:

@@ -116,6 +116,34 @@ class TestCompat(unittest.TestCase):
         out = extent.apply_image(np.full((4, 4, 3), 7, np.uint8))
         self.assertTrue((out == 7).all())
 
+    def test_cityscapes_matches_go_to_the_folder_with_numpy_scalars_as_numbers(self):
+        """numpy 2's count_nonzero returns numpy scalars; cityscapesscripts' own JSON writer
+        fails on them, so the instance evaluation crashed once a prediction overlapped
+        anything. Inside the block the file goes to the folder, and holds plain numbers."""
+        import json
+
+        import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as instance_eval
+
+        class Box:  # an object, written by its attributes as cityscapesscripts writes it
+            def __init__(self):
+                self.labelID = 26
+
+        matches = {"img": {"prediction": [{"pixelCount": np.int64(5), "conf": np.float32(0.5)}]}}
+        matches["img"]["box"] = Box()
+        original = instance_eval.writeDict2JSON
+        with tempfile.TemporaryDirectory() as d, tempfile.TemporaryDirectory() as other:
+            with self.assertRaises(AttributeError):  # the installed writer, unpatched
+                original(matches, os.path.join(other, "unpatched.json"))
+            with compat.cityscapes_matches_in(d):
+                instance_eval.writeDict2JSON(matches, "matches.json")
+            self.assertIs(instance_eval.writeDict2JSON, original)  # nothing left
+            with open(os.path.join(d, "matches.json")) as f:
+                text = f.read()
+        got = json.loads(text)
+        self.assertEqual(got["img"]["prediction"][0], {"conf": 0.5, "pixelCount": 5})
+        self.assertEqual(got["img"]["box"], {"labelID": 26})
+        self.assertEqual(text, json.dumps(got, sort_keys=True, indent=4))
+
     def test_cityscapes_scripts_alias_is_scoped_and_probed(self):
         import cityscapesscripts.helpers.labels as labels
 

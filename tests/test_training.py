@@ -150,9 +150,10 @@ def test_every_worker_joins_the_same_reductions_with_or_without_positives(synthe
         calls.clear()
         model(_synthetic_inputs(1))
         with_positives = len(calls)
-    # the detection losses' two, and loss_dense_box's (the synthetic config has it on)
-    assert model.criterion.dense_box_loss
-    assert without == with_positives == 3
+    # the detection losses' two, loss_dense_box's and loss_sem_instance's (the synthetic config
+    # has both on)
+    assert model.criterion.dense_box_loss and model.criterion.sem_instance_loss
+    assert without == with_positives == 4
 
 
 def test_training_reduces_loss(synthetic_root):
