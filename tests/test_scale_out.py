@@ -53,6 +53,7 @@ def _run(argvs, env, log_dir):
     done = run_logged(argvs, paths, env=env, timeout=TIMEOUT)
     for d in done:
         assert d.returncode == 0, f"{d.log_path}:\n{d.log[-4000:]}"
+        assert "gloo threads outlived" not in d.log, d.log_path  # launch.release_process_groups
     return "\n".join(d.log for d in done)
 
 
