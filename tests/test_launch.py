@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.utils import comm
 
 from box_panoptic.engine.launch import (
     _set_local_process_group,
