@@ -119,7 +119,7 @@ def gloo_threads() -> List[str]:
     return sorted(names)
 
 
-def release_process_groups() -> None:
+def release_process_groups(report_leftover: bool = True) -> None:
     """Destroy every process group and drop detectron2's own references to them, so that their
     gloo threads end now, while the interpreter is still whole.
 
@@ -128,6 +128,9 @@ def release_process_groups() -> None:
     where a gloo thread that releases a tensor waits for the finalising interpreter's GIL and the
     process dies with SIGABRT ("terminate called without an active exception") after its work
     was done: 5 of 60 two-process runs under torch 2.14, always the rank that exits first.
+
+    ``report_leftover``: warn if gloo threads are still running afterwards (when the work ended
+    normally; after an exception its traceback still holds the trainer and so the groups).
     """
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -137,7 +140,7 @@ def release_process_groups() -> None:
     if create_local is not None and hasattr(create_local, "cache_clear"):
         create_local.cache_clear()
     gc.collect()  # the trainer's DDP model, in reference cycles, holds the groups as well
-    left = gloo_threads()
+    left = gloo_threads() if report_leftover else []
     if left:
         logger.warning(
             f"{len(left)} gloo threads outlived destroy_process_group (something still holds a "
@@ -167,9 +170,12 @@ def _run_under_torchrun(main_func, env: TorchrunEnv, args, timeout):
     _set_local_process_group(env.world_size, env.local_world_size, env.machine_rank)
     comm.synchronize()
     try:
-        return main_func(*args)
-    finally:
-        release_process_groups()
+        result = main_func(*args)
+    except BaseException:
+        release_process_groups(report_leftover=False)
+        raise
+    release_process_groups()
+    return result
 
 
 def _cpu_worker(
@@ -184,8 +190,10 @@ def _cpu_worker(
     comm.synchronize()
     try:
         main_func(*args)
-    finally:
-        release_process_groups()
+    except BaseException:
+        release_process_groups(report_leftover=False)
+        raise
+    release_process_groups()
 
 
 def launch(
