@@ -127,7 +127,7 @@ def release_process_groups(report_leftover: bool = True) -> None:
     cached ``comm._get_global_gloo_group()`` keep the groups alive until interpreter shutdown,
     where a gloo thread that releases a tensor waits for the finalising interpreter's GIL and the
     process dies with SIGABRT ("terminate called without an active exception") after its work
-    was done: 5 of 60 two-process runs under torch 2.14, always the rank that exits first.
+    was done: 5 of 60 two-process runs under torch 2.14, always rank 1.
 
     ``report_leftover``: warn if gloo threads are still running afterwards (when the work ended
     normally; after an exception its traceback still holds the trainer and so the groups).
