@@ -3,6 +3,7 @@
 
 import importlib.util
 import os
+import socket
 import sys
 
 import torch
@@ -27,6 +28,13 @@ SYNTHETIC_CONFIG = os.path.join(CONFIGS, "Synthetic", "box_panoptic_R_18_synthet
 CITYSCAPES_CONFIG = os.path.join(
     CONFIGS, "Cityscapes-PanopticSegmentation", "box_panoptic_R_50_FPN.yaml"
 )
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def load_tool(name: str):

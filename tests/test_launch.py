@@ -9,7 +9,6 @@ threads they still have."""
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -25,15 +24,11 @@ from box_panoptic.engine.launch import (
     release_process_groups,
 )
 
+from .helpers import free_port
+
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(f"/proc/{os.getpid()}/task"), reason="thread names are read from /proc"
 )
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_worker(rank, port, out_dir):
@@ -60,7 +55,7 @@ def _rank_worker(rank, port, out_dir):
 
 
 def test_no_gloo_thread_outlives_the_release(tmp_path):
-    mp.spawn(_rank_worker, nprocs=2, args=(_port(), str(tmp_path)))
+    mp.spawn(_rank_worker, nprocs=2, args=(free_port(), str(tmp_path)))
     for rank in (0, 1):
         with open(tmp_path / f"rank{rank}.json") as f:
             report = json.load(f)

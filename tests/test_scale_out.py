@@ -6,13 +6,12 @@ same seed, bit for bit."""
 
 import json
 import os
-import socket
 import sys
 
 import pytest
 import torch
 
-from .helpers import ROOT, train_net_command
+from .helpers import ROOT, free_port, train_net_command
 from .processes import run_logged
 
 DRIVER = os.path.join(ROOT, "tests", "train_driver.py")
@@ -28,12 +27,6 @@ OPTS = [
     "0.01",
 ]
 TIMEOUT = 600
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_net(root, out, flags=(), opts=()):
@@ -80,7 +73,7 @@ def reference(synthetic_root, tmp_path_factory):
 
 def test_torchrun_equals_detectron2_launch(synthetic_root, tmp_path, reference):
     argv, env = _train_net(synthetic_root, tmp_path)
-    port = str(_port())
+    port = str(free_port())
     log = _run([TORCHRUN + ["--nproc-per-node", "2", "--master-port", port] + argv], env, tmp_path)
     assert "World size: 2" in log or "world size: 2" in log.lower()
     _assert_same(_weights(tmp_path), reference[1])
@@ -89,7 +82,7 @@ def test_torchrun_equals_detectron2_launch(synthetic_root, tmp_path, reference):
 def test_two_machines_on_localhost_equal_one(synthetic_root, tmp_path, reference):
     # detectron2's --num-machines / --machine-rank / --dist-url
     out = tmp_path / "d2"
-    port = _port()
+    port = free_port()
     argvs = []
     for rank in (0, 1):
         flags = ["--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank)]
@@ -100,7 +93,7 @@ def test_two_machines_on_localhost_equal_one(synthetic_root, tmp_path, reference
     _assert_same(_weights(out), reference[1])
     # a 2-node torchrun rendezvous
     out = tmp_path / "torchrun"
-    port = str(_port())
+    port = str(free_port())
     argv, env = _train_net(synthetic_root, out)
     node = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1"]
     _run(
@@ -114,7 +107,7 @@ def test_two_machines_on_localhost_equal_one(synthetic_root, tmp_path, reference
 def test_elastic_restart_after_sigkill_resumes_exactly(synthetic_root, tmp_path, reference):
     argv, env = _train_net(synthetic_root, tmp_path)
     driver = [DRIVER, "--kill-after", "2", "--"] + argv[1:]  # argv[0] is train_net.py
-    port = str(_port())
+    port = str(free_port())
     torchrun = TORCHRUN + ["--nproc-per-node", "2", "--max-restarts", "1", "--master-port", port]
     log = _run([torchrun + driver], env, tmp_path)
     assert "Starting training from iteration 3" in log  # the restarted group resumed

@@ -136,9 +136,6 @@ def release_process_groups(report_leftover: bool = True) -> None:
         dist.destroy_process_group()
     comm._LOCAL_PROCESS_GROUP = None
     comm._get_global_gloo_group.cache_clear()
-    create_local = getattr(comm, "create_local_process_group", None)  # detectron2 main
-    if create_local is not None and hasattr(create_local, "cache_clear"):
-        create_local.cache_clear()
     gc.collect()  # the trainer's DDP model, in reference cycles, holds the groups as well
     left = gloo_threads() if report_leftover else []
     if left:
@@ -146,6 +143,17 @@ def release_process_groups(report_leftover: bool = True) -> None:
             f"{len(left)} gloo threads outlived destroy_process_group (something still holds a "
             "process group); this process may abort with SIGABRT as it exits"
         )
+
+
+def _run_then_release(main_func, args):
+    """``main_func(*args)``, then :func:`release_process_groups` however it ends."""
+    try:
+        result = main_func(*args)
+    except BaseException:
+        release_process_groups(report_leftover=False)
+        raise
+    release_process_groups()
+    return result
 
 
 def _run_under_torchrun(main_func, env: TorchrunEnv, args, timeout):
@@ -169,13 +177,7 @@ def _run_under_torchrun(main_func, env: TorchrunEnv, args, timeout):
     )
     _set_local_process_group(env.world_size, env.local_world_size, env.machine_rank)
     comm.synchronize()
-    try:
-        result = main_func(*args)
-    except BaseException:
-        release_process_groups(report_leftover=False)
-        raise
-    release_process_groups()
-    return result
+    return _run_then_release(main_func, args)
 
 
 def _cpu_worker(
@@ -188,12 +190,7 @@ def _cpu_worker(
     )
     _set_local_process_group(world_size, procs_per_machine, machine_rank)
     comm.synchronize()
-    try:
-        main_func(*args)
-    except BaseException:
-        release_process_groups(report_leftover=False)
-        raise
-    release_process_groups()
+    _run_then_release(main_func, args)
 
 
 def launch(
